@@ -1,0 +1,161 @@
+/* exec: every execve/execveat, successful or not, with a bounded argv.
+ *
+ * sys_enter_* stashes the filename and argv per thread; the event is completed and emitted
+ * either by sched_process_exec (success: the new image and credentials are in place; its
+ * old_pid argument finds the stash even when a non-leader thread exec'd) or by sys_exit_*
+ * with a negative return (failure). One record per exec, sized to what was captured.
+ */
+
+#define SYSCALL_EXECVE 0
+#define SYSCALL_EXECVEAT 1
+#define FILENAME_LEN 512
+
+struct exec_event {
+    u32 kind;
+    u32 syscall;
+    s32 retval;
+    u32 argc;              /* arguments seen (bprm->argc on success) */
+    u32 args_len;          /* bytes of args[] used: NUL-separated arguments */
+    u32 args_truncated;    /* hit MAX_ARGS or ARGS_LIMIT */
+    u32 args_fault;        /* reading user memory failed */
+    u32 pad;
+    struct identity id;
+    char filename[FILENAME_LEN];
+    /* ARGS_BUF is ARGS_LIMIT rounded up to a power of two: offsets are masked with it, and
+     * each argument may be read whole (up to ARGS_BUF) from any offset below ARGS_LIMIT. */
+    char args[2 * ARGS_BUF];
+};
+
+BPF_TABLE("lru_hash", u32, struct exec_event, exec_pending, PENDING_EXECS);
+/* A read-only zeroed record to initialise stash slots from (too big for the stack). */
+BPF_ARRAY(exec_zero, struct exec_event, 1);
+
+static __always_inline u32 min_u32(u32 a, u32 b)
+{
+    return a < b ? a : b;
+}
+
+static __always_inline void read_argv(struct exec_event *e, const char *const *argv)
+{
+    u32 off = 0;
+    u32 argi = 0;
+
+    for (int i = 0; i < MAX_ARGS; i++) {
+        const char *arg = 0;
+        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) < 0) {
+            e->args_fault = 1;
+            break;
+        }
+        if (!arg)
+            break;
+        if (off >= ARGS_LIMIT) {
+            e->args_truncated = 1;
+            break;
+        }
+        long n = bpf_probe_read_user_str(&e->args[off & (ARGS_BUF - 1)], ARGS_BUF, arg);
+        if (n <= 0) {
+            e->args_fault = 1;
+            break;
+        }
+        argi++;
+        off += n;
+        if (n == ARGS_BUF) {
+            /* This argument alone filled the buffer: it was cut. */
+            e->args_truncated = 1;
+            break;
+        }
+    }
+    if (argi == MAX_ARGS) {
+        const char *more = 0;
+        bpf_probe_read_user(&more, sizeof(more), &argv[MAX_ARGS]);
+        if (more)
+            e->args_truncated = 1;
+    }
+    if (off > ARGS_LIMIT) {
+        off = ARGS_LIMIT;
+        e->args_truncated = 1;
+    }
+    e->argc = argi;
+    e->args_len = off;
+}
+
+static __always_inline int exec_enter(u32 syscall, const char *filename,
+                                      const char *const *argv)
+{
+    if (is_self())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u32 zero_key = 0;
+    struct exec_event *zero = exec_zero.lookup(&zero_key);
+    if (!zero)
+        return 0;
+    /* A fresh, zeroed slot per thread; a stale one from an exec that never returned is
+     * simply overwritten. */
+    exec_pending.update(&tid, zero);
+    struct exec_event *e = exec_pending.lookup(&tid);
+    if (!e)
+        return 0;
+    e->kind = KIND_EXEC;
+    e->syscall = syscall;
+    bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+    read_argv(e, argv);
+    return 0;
+}
+
+static __always_inline void exec_emit(struct exec_event *e, s32 retval)
+{
+    e->retval = retval;
+    fill_identity(&e->id);
+    u32 size = offsetof(struct exec_event, args) + min_u32(e->args_len, ARGS_LIMIT);
+    emit(e, min_u32(size, sizeof(*e)), LOST_EXEC);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    return exec_enter(SYSCALL_EXECVE, args->filename, args->argv);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+    return exec_enter(SYSCALL_EXECVEAT, args->filename, args->argv);
+}
+
+/* Success: args are (task, old_pid, bprm). */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    u32 old_tid = (u32)ctx->args[1];
+    struct exec_event *e = exec_pending.lookup(&old_tid);
+    if (!e)
+        return 0;
+    char *bprm = (char *)ctx->args[2];
+    s32 argc = KREAD(s32, bprm, OFF_LINUX_BINPRM_ARGC);
+    if (argc > (s32)e->argc)
+        e->args_truncated = 1;
+    if (argc >= 0)
+        e->argc = argc;
+    exec_emit(e, 0);
+    exec_pending.delete(&old_tid);
+    return 0;
+}
+
+static __always_inline int exec_exit(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct exec_event *e = exec_pending.lookup(&tid);
+    if (!e)
+        return 0;
+    if (ret < 0)
+        exec_emit(e, (s32)ret);
+    exec_pending.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+    return exec_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+{
+    return exec_exit(args->ret);
+}

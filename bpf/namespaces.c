@@ -1,0 +1,124 @@
+/* namespace entry: setns(2), unshare(2), and clone/clone3 asking for any CLONE_NEW* flag.
+ *
+ * sys_enter_* records the request and the caller's namespace inodes (before) per thread.
+ * For clone, sched_process_fork adds the child's inodes (after) and pid. sys_exit_* adds
+ * the return value (and for setns/unshare the caller's inodes after) and emits, so a
+ * refused attempt (EPERM) is an event too.
+ */
+
+#define SYSCALL_SETNS 0
+#define SYSCALL_UNSHARE 1
+#define SYSCALL_CLONE 2
+#define SYSCALL_CLONE3 3
+
+#define NEW_NS_FLAGS (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | \
+                      0x10000000 | 0x20000000 | 0x40000000 | 0x00000080)
+
+struct ns_event {
+    u32 kind;
+    u32 syscall;
+    s32 retval;
+    s32 fd;                /* setns only, else -1 */
+    u64 flags;             /* nstype for setns, flags for unshare/clone */
+    u32 child_pid;         /* clone only */
+    u32 pad;
+    struct ns_set before;
+    struct ns_set after;
+    struct identity id;
+};
+
+BPF_TABLE("lru_hash", u32, struct ns_event, ns_pending, 4096);
+
+static __always_inline int ns_enter(u32 syscall, s32 fd, u64 flags)
+{
+    if (is_self())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct ns_event e = {};
+    e.kind = KIND_NS;
+    e.syscall = syscall;
+    e.fd = fd;
+    e.flags = flags;
+    read_namespaces((char *)bpf_get_current_task(), &e.before);
+    ns_pending.update(&tid, &e);
+    return 0;
+}
+
+static __always_inline int ns_exit(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct ns_event *e = ns_pending.lookup(&tid);
+    if (!e)
+        return 0;
+    e->retval = (s32)ret;
+    if (e->syscall == SYSCALL_SETNS || e->syscall == SYSCALL_UNSHARE)
+        read_namespaces((char *)bpf_get_current_task(), &e->after);
+    fill_identity(&e->id);
+    emit(e, sizeof(*e), LOST_NS);
+    ns_pending.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setns)
+{
+    return ns_enter(SYSCALL_SETNS, args->fd, (u64)args->flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_setns)
+{
+    return ns_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_unshare)
+{
+    u64 flags = args->unshare_flags;
+    if (!(flags & NEW_NS_FLAGS))
+        return 0;
+    return ns_enter(SYSCALL_UNSHARE, -1, flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
+{
+    return ns_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone)
+{
+    u64 flags = args->clone_flags;
+    if (!(flags & NEW_NS_FLAGS))
+        return 0;
+    return ns_enter(SYSCALL_CLONE, -1, flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone)
+{
+    return ns_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
+{
+    u64 flags = 0;
+    /* struct clone_args starts with the u64 flags (uapi, stable). */
+    bpf_probe_read_user(&flags, sizeof(flags), (void *)args->uargs);
+    if (!(flags & NEW_NS_FLAGS))
+        return 0;
+    return ns_enter(SYSCALL_CLONE3, -1, flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3)
+{
+    return ns_exit(args->ret);
+}
+
+/* The child exists here with its new namespaces: args are (parent, child). */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct ns_event *e = ns_pending.lookup(&tid);
+    if (!e || (e->syscall != SYSCALL_CLONE && e->syscall != SYSCALL_CLONE3))
+        return 0;
+    char *child = (char *)ctx->args[1];
+    e->child_pid = KREAD(u32, child, OFF_TASK_STRUCT_PID);
+    read_namespaces(child, &e->after);
+    return 0;
+}

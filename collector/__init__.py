@@ -1,0 +1,3 @@
+"""audit-collector: eBPF host audit agent (exec, namespace entry, bash commands) for ECS."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""Build, load and attach the BPF programs; find bash binaries and probe their readline().
+
+The C sources in bpf/ are concatenated and compiled by BCC with every kernel struct offset
+passed in as a -D constant read from the kernel's BTF (collector/offsets.py). Only syscall
+tracepoints, raw tracepoints and uprobes are used: kprobes, fentry and LSM hooks are not
+available on every kernel we run on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from collector import bashfind
+from collector.btf import Btf
+from collector.config import CaptureConfig
+from collector.hostns import detect_host_namespaces
+from collector.offsets import explain_missing, offsets_as_cflags, resolve_offsets
+
+log = logging.getLogger(__name__)
+
+FAMILY_SOURCES = {"exec": "exec.c", "namespaces": "namespaces.c", "bash": "bash.c"}
+LOST_KINDS = ("exec", "namespace", "bash")
+
+
+class ProbeError(RuntimeError):
+    """The BPF programs could not be built, loaded or attached."""
+
+
+def bpf_source(name: str) -> str:
+    return resources.files("collector.bpf").joinpath(name).read_text()
+
+
+def args_buffer_size(limit: int) -> int:
+    """The argv buffer is the byte limit rounded up to a power of two (offsets are masked)."""
+    size = 1
+    while size < limit:
+        size <<= 1
+    return size
+
+
+def cgroup_hierarchy(offsets: dict[str, int]) -> tuple[int, str]:
+    """Which cgroup hierarchy to report: (-1, cgroup2 mount) on v2, else a v1 subsystem."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return -1, "/sys/fs/cgroup"
+    for macro, name in (("CGRP_ID_MEMORY", "memory"), ("CGRP_ID_PIDS", "pids"),
+                        ("CGRP_ID_CPU", "cpu")):
+        mount = Path("/sys/fs/cgroup") / name
+        if macro in offsets and mount.is_dir():
+            return offsets[macro], str(mount)
+    if Path("/sys/fs/cgroup/unified").is_dir():
+        return -1, "/sys/fs/cgroup/unified"
+    return -1, "/sys/fs/cgroup"
+
+
+@dataclass
+class ProgramSpec:
+    text: str
+    cflags: list[str]
+    families: tuple[str, ...]
+    cgroup_mount: str
+
+
+def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlinux") -> ProgramSpec:
+    families = tuple(f for f in FAMILY_SOURCES if getattr(capture, f))
+    if not families:
+        raise ProbeError("capture: every probe family is disabled; nothing to do")
+    report = resolve_offsets(Btf.load(btf_path))
+    if not report.ok:
+        missing = "; ".join(explain_missing(report, required_only=True))
+        raise ProbeError(f"kernel BTF lacks members the probes need: {missing}")
+    subsys, mount = cgroup_hierarchy(report.values)
+    constants = {
+        "SELF_TGID": os.getpid(),
+        "HOST_UTS_INUM": detect_host_namespaces().inodes.get("uts", 0),
+        "CGROUP_SUBSYS": subsys,
+        "RINGBUF_PAGES": capture.ringbuf_kib * 1024 // resource.getpagesize(),
+        "WAKEUP_EVENTS": capture.wakeup_batch,
+        "ARGS_LIMIT": capture.max_args_bytes,
+        "ARGS_BUF": args_buffer_size(capture.max_args_bytes),
+        "MAX_ARGS": capture.max_args,
+        # Threads that may be inside execve() at once; each slot holds a whole argv.
+        "PENDING_EXECS": 512,
+        "LINE_MAX_BYTES": capture.max_bash_line,
+    }
+    cflags = offsets_as_cflags(report.values) + [f"-D{k}={v}" for k, v in constants.items()]
+    cflags.append("-Wno-macro-redefined")
+    text = "\n".join([bpf_source("common.h")] + [bpf_source(FAMILY_SOURCES[f]) for f in families])
+    return ProgramSpec(text, cflags, families, mount)
+
+
+@dataclass
+class BashProbe:
+    path: str
+    target: str  # the file the uretprobe sits on: the bash binary or its libreadline
+    library: bool
+
+
+@dataclass
+class Probes:
+    """The loaded BPF object plus the bash binaries it watches."""
+
+    capture: CaptureConfig
+    spec: ProgramSpec | None = None
+    bpf: Any = None
+    bash_probes: dict[tuple[int, int], BashProbe] = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+    def load(self) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc; imported late so `check` can explain
+
+        started = time.monotonic()
+        self.spec = build_program(self.capture)
+        try:
+            self.bpf = BPF(text=self.spec.text, cflags=self.spec.cflags)
+        except Exception as exc:  # BCC raises bare Exception on compile/load errors
+            raise ProbeError(f"BCC could not compile or load the probes: {exc}") from exc
+        if "bash" in self.spec.families:
+            for path in bashfind.initial_bash_paths(self.capture.bash_paths):
+                self.attach_bash(path)
+        self.load_seconds = time.monotonic() - started
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return self.spec.families if self.spec else ()
+
+    def open(self, on_record: Callable[[bytes], None]) -> None:
+        def callback(_ctx: Any, data: Any, size: int) -> int:
+            on_record(ctypes.string_at(data, size))
+            return 0
+
+        self._callback = callback  # keep a reference: BCC holds only a C pointer
+        self.bpf["events"].open_ring_buffer(callback)
+
+    def poll(self, timeout_ms: int) -> None:
+        # Records written without a wake-up are only seen by an explicit consume.
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+
+    def lost_counts(self) -> dict[str, int]:
+        table = self.bpf["lost"]
+        counts: dict[str, int] = {}
+        for index, kind in enumerate(LOST_KINDS):
+            per_cpu = table[ctypes.c_int(index)]
+            counts[kind] = int(sum(per_cpu))
+        return counts
+
+    def attach_bash(self, path: str, hint_pid: int | None = None) -> BashProbe | None:
+        """Probe readline() of a bash binary (or of the libreadline it links)."""
+        found = bashfind.readline_target(path, hint_pid)
+        if found is None:
+            return None
+        key, target, library = found
+        if key in self.bash_probes:
+            return self.bash_probes[key]
+        try:
+            self.bpf.attach_uretprobe(name=target, sym="readline", fn_name="on_readline_return")
+        except Exception as exc:
+            log.warning("cannot probe readline in %s: %s", target, exc)
+            return None
+        probe = BashProbe(path=path, target=target, library=library)
+        self.bash_probes[key] = probe
+        log.info("probing readline() in %s%s", target, " (libreadline)" if library else "")
+        return probe
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
