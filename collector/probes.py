@@ -112,6 +112,8 @@ class Probes:
     spec: ProgramSpec | None = None
     bpf: Any = None
     bash_probes: dict[tuple[int, int], BashProbe] = field(default_factory=dict)
+    # Executables already checked and found not to be bash (by file identity).
+    known_not_bash: set[tuple[int, int]] = field(default_factory=set)
     load_seconds: float = 0.0
 
     def load(self) -> None:
@@ -131,6 +133,10 @@ class Probes:
     @property
     def families(self) -> tuple[str, ...]:
         return self.spec.families if self.spec else ()
+
+    @property
+    def has_library_probes(self) -> bool:
+        return any(p.library for p in self.bash_probes.values())
 
     def open(self, on_record: Callable[[bytes], None]) -> None:
         def callback(_ctx: Any, data: Any, size: int) -> int:

@@ -1,0 +1,170 @@
+"""The capture loop: poll the ring buffer, decode, enrich, hand documents to the pipeline.
+
+One thread does it all, like execsnoop's loop; the pipeline must never block it (shipping
+runs on its own thread behind the spool).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from collector import bashfind
+from collector.config import Config
+from collector.decoding import BashEvent, DecodeError, ExecEvent, decode
+from collector.documents import Doc, DocumentBuilder, events_lost_document
+from collector.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.hostinfo import HostInfo
+from collector.hostns import detect_host_namespaces
+from collector.metrics import EVENTS_CAPTURED, EVENTS_LOST, PROBES_ATTACHED, REGISTRY
+from collector.probes import Probes
+
+log = logging.getLogger(__name__)
+
+DECODE_ERRORS = REGISTRY.counter(
+    "audit_collector_decode_errors_total", "Ring buffer records that could not be decoded."
+)
+KIND_NAMES = {ExecEvent: "exec", BashEvent: "bash"}
+
+
+class DocumentSink(Protocol):
+    def submit(self, doc: Doc) -> None: ...
+    def tick(self) -> None: ...
+    def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+@dataclass
+class Agent:
+    cfg: Config
+    host: HostInfo
+    sink: DocumentSink
+    probes: Probes | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    on_ready: Callable[[Agent], None] | None = None
+    _lost_seen: dict[str, int] = field(default_factory=dict)
+    _builder: DocumentBuilder | None = None
+
+    def start(self) -> None:
+        """Compile, load and attach; after this returns, events are being captured."""
+        self.probes = self.probes or Probes(self.cfg.capture)
+        self.probes.load()
+        host_ns = detect_host_namespaces()
+        assert self.probes.spec is not None
+        self._builder = DocumentBuilder(
+            host=self.host,
+            host_ns=host_ns,
+            cgroups=CgroupPaths(self.probes.spec.cgroup_mount),
+            clock=WallClock(),
+            names=NameCache(),
+            owners=NamespaceOwners(host_ns),
+        )
+        self.probes.open(self._on_record)
+        for family in self.probes.families:
+            PROBES_ATTACHED.set(1, family=family)
+        PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
+        REGISTRY.health["probes_attached"] = True
+        REGISTRY.health["families"] = list(self.probes.families)
+        log.info("probes attached in %.2f s: %s", self.probes.load_seconds,
+                 ", ".join(self.probes.families))
+
+    def run(self) -> None:
+        """Capture until stop() (or SIGINT/SIGTERM when installed), then flush."""
+        assert self.probes is not None
+        interval = self.cfg.capture.poll_interval_ms
+        if self.on_ready:
+            self.on_ready(self)
+        try:
+            while not self.stop_event.is_set():
+                self.probes.poll(interval)
+                self._report_losses()
+                self.sink.tick()
+            self.probes.poll(0)  # what the kernel wrote before we were told to stop
+            self._report_losses()
+        finally:
+            REGISTRY.health["probes_attached"] = False
+            self.probes.close()
+
+    def stop(self, *_args: Any) -> None:
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- per record
+
+    def _on_record(self, data: bytes) -> None:
+        try:
+            event = decode(data)
+        except DecodeError as exc:
+            DECODE_ERRORS.inc()
+            log.warning("undecodable record: %s", exc)
+            return
+        kind = KIND_NAMES.get(type(event), "namespace")
+        if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
+            return
+        EVENTS_CAPTURED.inc(kind=kind)
+        assert self._builder is not None
+        try:
+            doc = self._builder.build(event)
+        except Exception:  # one odd event must not stop the loop; it is counted
+            DECODE_ERRORS.inc()
+            log.exception("could not build a document for a %s event", kind)
+            return
+        self.sink.submit(doc)
+        if isinstance(event, ExecEvent) and event.retval == 0:
+            self._follow_bash(event, doc)
+
+    def _follow_bash(self, event: ExecEvent, doc: Doc) -> None:
+        """Probe bash binaries that start running but are not probed yet."""
+        if not self.cfg.capture.follow_new_bash or self.probes is None:
+            return
+        if "bash" not in self.probes.families:
+            return
+        exe = doc["process"].get("executable", "")
+        for path in bashfind.exe_candidates(event.who.pid, event.who.ppid, exe):
+            key = bashfind.file_key(path)
+            if key is None:
+                continue
+            if key in self.probes.bash_probes or key in self.probes.known_not_bash:
+                return
+            if bashfind.looks_like_bash(path):
+                probe = self.probes.attach_bash(path, hint_pid=event.who.pid)
+                if probe:
+                    PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
+            else:
+                self.probes.known_not_bash.add(key)
+            return
+
+    def _is_bash(self, pid: int) -> bool:
+        """Readline probes on a shared libreadline also fire in python, gdb...: keep bash."""
+        assert self.probes is not None
+        if not self.probes.has_library_probes:
+            return True
+        exe = f"/proc/{pid}/exe"
+        # A process gone before we look is given the benefit of the doubt: better an extra
+        # line than a lost bash command.
+        return not os.path.exists(exe) or bashfind.looks_like_bash(exe)
+
+    # -- loss
+
+    def _report_losses(self) -> None:
+        assert self.probes is not None
+        counts = self.probes.lost_counts()
+        grown = {k: v - self._lost_seen.get(k, 0) for k, v in counts.items()}
+        grown = {k: v for k, v in grown.items() if v > 0}
+        if not grown:
+            return
+        self._lost_seen = counts
+        for kind, n in grown.items():
+            EVENTS_LOST.inc(n, kind=kind, where="ringbuf")
+        log.warning("ring buffer full: lost %s", grown)
+        doc = events_lost_document(
+            self.host, grown, "ringbuf", {"total": sum(counts.values())}
+        )
+        self.sink.submit(doc)

@@ -1,0 +1,175 @@
+"""audit-collector's command line: run, check, setup, verify.
+
+Every user mistake (a bad flag, a bad config key, an unreachable output) ends in one clear
+line on stderr and a non-zero exit, never in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from collector import __version__
+from collector.config import Config, ConfigError, load_config, parse_listen, with_overrides
+
+log = logging.getLogger("audit-collector")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audit-collector",
+        description="eBPF host audit agent: exec, namespace entry and bash commands as ECS.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="capture events and write them to the outputs")
+    _config_arg(run)
+    run.add_argument(
+        "--output", action="append", metavar="OUTPUT",
+        help="stdout, file:PATH or elasticsearch:URL (repeatable; replaces config outputs)",
+    )
+    run.add_argument("--spool-dir", metavar="DIR", help="durable spool for Elasticsearch")
+
+    check = sub.add_parser("check", help="preflight: can the collector run here?")
+    _config_arg(check)
+    check.add_argument(
+        "--config-only", action="store_true",
+        help="only validate the configuration file (no kernel checks)",
+    )
+    check.add_argument("--output", action="append", metavar="OUTPUT")
+
+    setup = sub.add_parser("setup", help="install index template, data stream and ILM policy")
+    _config_arg(setup)
+    setup.add_argument("--output", action="append", metavar="OUTPUT")
+
+    verify = sub.add_parser("verify", help="check a host's documents: gaps, duplicates, edits")
+    _config_arg(verify)
+    verify.add_argument("--output", action="append", metavar="OUTPUT")
+    verify.add_argument("--host-id", help="host.id to verify (default: this host)")
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    return with_overrides(cfg, args.output, getattr(args, "spool_dir", None))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        print(f"audit-collector: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {"run": cmd_run, "check": cmd_check, "setup": cmd_setup, "verify": cmd_verify}
+    try:
+        return handlers[args.command](cfg, args)
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- run
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    from collector.agent import Agent
+    from collector.hostinfo import detect_host
+    from collector.metrics import MetricsServer
+    from collector.pipeline import Pipeline
+    from collector.probes import ProbeError
+
+    started = time.monotonic()
+    host = detect_host(cfg.host.name)
+    metrics = None
+    if cfg.metrics.enabled:
+        try:
+            metrics = MetricsServer(*parse_listen(cfg.metrics.listen))
+        except OSError as exc:
+            print(f"audit-collector: metrics.listen {cfg.metrics.listen}: {exc.strerror}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        metrics.start()
+    try:
+        pipeline = Pipeline(cfg, host)
+    except (OSError, ConfigError) as exc:
+        print(f"audit-collector: cannot open the outputs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    agent = Agent(cfg, host, pipeline)
+    agent.install_signal_handlers()
+    try:
+        agent.start()
+    except (ProbeError, OSError) as exc:
+        print(f"audit-collector: {exc}\n(run `audit-collector check` for a diagnosis)",
+              file=sys.stderr)
+        pipeline.close()
+        return EXIT_FAILED
+    log.info("ready in %.2f s (pid %d)", time.monotonic() - started, _pid())
+    try:
+        agent.run()
+    finally:
+        pipeline.close()
+        if metrics:
+            metrics.stop()
+    return EXIT_OK
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+# --------------------------------------------------------------------------- check
+
+
+def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    from collector import preflight
+
+    if args.config_only:
+        print(f"[ok  ] config: {args.config or 'embedded defaults'} is valid")
+        return EXIT_OK
+    results = preflight.run_checks(cfg)
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok and r.fatal]
+    if failed:
+        print(f"{len(failed)} check(s) failed: the collector cannot run here as configured")
+        return EXIT_FAILED
+    print("all checks passed")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- setup/verify
+
+
+def cmd_setup(cfg: Config, args: argparse.Namespace) -> int:
+    from collector.esindex import setup_cluster
+
+    return setup_cluster(cfg)
+
+
+def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
+    from collector.verify import run_verify
+
+    return run_verify(cfg, args.host_id, sys.stdout)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

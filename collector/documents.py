@@ -1,0 +1,318 @@
+"""Typed events -> Elastic Common Schema documents (plain dicts, ready for orjson).
+
+ECS fields keep their ECS meaning; everything the collector adds lives under the one
+non-ECS object `audit_collector` (see collector/fields.py for the full list).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from collector import __version__
+from collector.decoding import BashEvent, Event, ExecEvent, NamespaceEvent, Who
+from collector.enrichment import (
+    CgroupPaths,
+    Container,
+    NameCache,
+    NamespaceOwners,
+    WallClock,
+    container_from_cgroup,
+    executable_path,
+    iso_utc_ns,
+    tty_display_name,
+)
+from collector.fields import CUSTOM_ROOT, ECS_VERSION
+from collector.hostinfo import HostInfo
+from collector.hostns import HostNamespaces
+
+Doc = dict[str, Any]
+
+CLONE_FLAGS = {
+    0x00020000: ("CLONE_NEWNS", "mnt"),
+    0x02000000: ("CLONE_NEWCGROUP", "cgroup"),
+    0x04000000: ("CLONE_NEWUTS", "uts"),
+    0x08000000: ("CLONE_NEWIPC", "ipc"),
+    0x10000000: ("CLONE_NEWUSER", "user"),
+    0x20000000: ("CLONE_NEWPID", "pid"),
+    0x40000000: ("CLONE_NEWNET", "net"),
+    0x00000080: ("CLONE_NEWTIME", "time"),
+}
+NS_KINDS_REPORTED = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup")
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _needs_escape(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def escape_bytes(raw: bytes) -> str:
+    """Reversible text for bytes that are not UTF-8: backslash doubled, bad bytes as \\xNN."""
+    out: list[str] = []
+    view = raw
+    while view:
+        try:
+            out.append(view.decode("utf-8").replace("\\", "\\\\"))
+            break
+        except UnicodeDecodeError as exc:
+            out.append(view[: exc.start].decode("utf-8").replace("\\", "\\\\"))
+            out.extend(f"\\x{b:02x}" for b in view[exc.start : exc.end])
+            view = view[exc.end :]
+    return "".join(out)
+
+
+def unescape_text(text: str) -> bytes:
+    """Inverse of escape_bytes (for consumers and tests)."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif ch == "\\" and text.startswith("\\x", i):
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out += ch.encode("utf-8")
+            i += 1
+    return bytes(out)
+
+
+def texts(values: list[bytes]) -> tuple[list[str], bool]:
+    """Decode a group of byte strings; if any is not UTF-8, escape all (one rule per doc)."""
+    if any(_needs_escape(v) for v in values):
+        return [escape_bytes(v) for v in values], True
+    return [v.decode("utf-8") for v in values], False
+
+
+def errno_name(retval: int) -> str:
+    return errno.errorcode.get(-retval, f"E{-retval}")
+
+
+def _prune(value: Any) -> Any:
+    """Drop None values and empty objects so documents carry only what is known."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in pruned.items() if v != {}}
+    return value
+
+
+# --------------------------------------------------------------------------- builder
+
+
+@dataclass
+class DocumentBuilder:
+    host: HostInfo
+    host_ns: HostNamespaces
+    cgroups: CgroupPaths
+    clock: WallClock
+    names: NameCache
+    owners: NamespaceOwners
+
+    def build(self, event: Event) -> Doc:
+        if isinstance(event, ExecEvent):
+            return self.exec_document(event)
+        if isinstance(event, NamespaceEvent):
+            return self.namespace_document(event)
+        return self.bash_document(event)
+
+    # -- common parts
+
+    def base(self, who: Who, action: str, category: str, etype: str, outcome: str) -> Doc:
+        cgroup_path = self.cgroups.path(who.cgroup_id, who.cgroup_name.decode("utf-8", "replace"))
+        container = container_from_cgroup(cgroup_path) or container_from_cgroup(
+            "/" + who.cgroup_name.decode("utf-8", "replace")
+        )
+        differ = self.host_ns.differing(who.namespaces)
+        self._learn_namespaces(who, container)
+        doc: Doc = {
+            "@timestamp": iso_utc_ns(self.clock.to_wall_ns(who.ktime_ns)),
+            "ecs": {"version": ECS_VERSION},
+            "agent": {"type": "audit-collector", "version": __version__, "name": self.host.name},
+            "host": self.host.ecs(),
+            "event": {
+                "kind": "event",
+                "category": [category],
+                "type": [etype],
+                "action": action,
+                "outcome": outcome,
+                "module": "audit_collector",
+                "dataset": f"audit_collector.{category if action != 'bash_command' else 'bash'}",
+                "created": iso_utc_ns(time.time_ns()),
+            },
+            "process": self._process(who),
+            "user": self._user(who),
+            "group": {"id": str(who.gid), "name": self.names.group(who.gid)},
+            "container": _container(container),
+            CUSTOM_ROOT: {
+                "session_id": who.sessionid,
+                "tty": {"name": tty_display_name(who.tty[0])} if who.tty else None,
+                "cgroup": {"path": cgroup_path, "id": who.cgroup_id},
+                "uts_hostname": self._uts_hostname(who),
+                "vpid": who.vpid,
+                "namespaces": {
+                    **{k: who.namespaces.get(k) or None for k in NS_KINDS_REPORTED},
+                    "host": not differ,
+                    "differ": differ or None,
+                },
+            },
+        }
+        return doc
+
+    def _process(self, who: Who) -> Doc:
+        process: Doc = {
+            "pid": who.pid,
+            "thread": {"id": who.tid},
+            "name": who.comm.decode("utf-8", "backslashreplace"),
+            "parent": {"pid": who.ppid},
+            "interactive": who.tty is not None,
+        }
+        if who.tty:
+            process["tty"] = {"char_device": {"major": who.tty[1], "minor": who.tty[2]}}
+        return process
+
+    def _user(self, who: Who) -> Doc:
+        user: Doc = {
+            "id": str(who.uid),
+            "name": self.names.user(who.uid),
+            "effective": {"id": str(who.euid), "name": self.names.user(who.euid)},
+        }
+        if who.auid is not None:
+            user["audit"] = {"id": str(who.auid), "name": self.names.user(who.auid)}
+        return user
+
+    def _uts_hostname(self, who: Who) -> str | None:
+        name = who.uts_name.decode("utf-8", "replace")
+        return name if name and name != self.host.name else None
+
+    def _learn_namespaces(self, who: Who, container: Container | None) -> None:
+        for kind in ("mnt", "pid", "net", "uts", "ipc"):
+            self.owners.learn(kind, who.namespaces.get(kind, 0), who.pid, container)
+
+    # -- exec
+
+    def exec_document(self, event: ExecEvent) -> Doc:
+        outcome = "success" if event.retval == 0 else "failure"
+        doc = self.base(event.who, "exec", "process", "start", outcome)
+        args, escaped_args = texts(event.args)
+        (filename,), escaped_name = texts([event.filename])
+        escaped = escaped_args or escaped_name
+        process = doc["process"]
+        process["executable"] = executable_path(event.who.pid, filename)
+        if event.retval != 0:
+            process["name"] = os.path.basename(filename) or process["name"]
+        process["args"] = args
+        process["args_count"] = max(event.argc, len(args))
+        process["command_line"] = shlex.join(args)
+        process["exit_code"] = event.retval
+        doc[CUSTOM_ROOT]["exec"] = {
+            "syscall": event.syscall,
+            "filename": filename,
+            "args_truncated": event.args_truncated,
+            "args_captured_bytes": event.args_captured_bytes,
+            "escaped": escaped,
+        }
+        if event.retval != 0:
+            doc["error"] = {"code": errno_name(event.retval), "message": os.strerror(-event.retval)}
+        doc["message"] = f"exec {process['command_line']}"[:1024]
+        return _prune(doc)
+
+    # -- namespaces
+
+    def namespace_document(self, event: NamespaceEvent) -> Doc:
+        outcome = "success" if event.retval >= 0 else "failure"
+        doc = self.base(event.who, event.syscall.rstrip("3"), "process", "change", outcome)
+        flag_names = [name for bit, (name, _k) in CLONE_FLAGS.items() if event.flags & bit]
+        requested = [kind for bit, (_n, kind) in CLONE_FLAGS.items() if event.flags & bit]
+        after = event.after if outcome == "success" else {}
+        changed = [k for k in NS_KINDS_REPORTED
+                   if after.get(k) and event.before.get(k) and after[k] != event.before[k]]
+        kinds = requested or [k for k in changed if k != "pid_for_children"]
+        if event.syscall == "setns" and "pid_for_children" in changed and "pid" not in kinds:
+            kinds.append("pid")
+        ns: Doc = {
+            "syscall": event.syscall,
+            "flags": flag_names or None,
+            "kinds": kinds or None,
+            "changed": changed or None,
+            "fd": event.fd,
+            "child_pid": event.child_pid,
+            "before": {k: event.before.get(k) or None for k in NS_KINDS_REPORTED},
+            "after": {k: after.get(k) or None for k in NS_KINDS_REPORTED} if after else None,
+        }
+        if event.syscall == "setns" and after:
+            ns["target"] = self._setns_target(after, changed)
+        doc[CUSTOM_ROOT]["ns"] = ns
+        if outcome == "failure":
+            doc["error"] = {"code": errno_name(event.retval), "message": os.strerror(-event.retval)}
+        doc["process"]["exit_code"] = event.retval
+        doc["message"] = f"{event.syscall} {','.join(kinds) or '-'} {outcome}"
+        return _prune(doc)
+
+    def _setns_target(self, after: dict[str, int], changed: list[str]) -> Doc | None:
+        for kind in ("mnt", "pid_for_children", "net", "uts", "ipc"):
+            if kind not in changed:
+                continue
+            owner = self.owners.owner("pid" if kind == "pid_for_children" else kind, after[kind])
+            if owner:
+                pid, container = owner
+                return {"pid": pid, "container_id": container.id if container else None}
+        return None
+
+    # -- bash
+
+    def bash_document(self, event: BashEvent) -> Doc:
+        doc = self.base(event.who, "bash_command", "process", "info", "success")
+        (line,), escaped = texts([event.line])
+        doc[CUSTOM_ROOT]["bash"] = {
+            "line": line,
+            "line_truncated": event.truncated,
+            "line_bytes": len(event.line),
+            "escaped": escaped,
+        }
+        doc["message"] = line
+        return _prune(doc)
+
+
+def _container(container: Container | None) -> Doc | None:
+    if container is None:
+        return None
+    return {"id": container.id, "runtime": container.runtime}
+
+
+def events_lost_document(
+    host: HostInfo, counts: dict[str, int], source: str, extra: dict[str, Any] | None = None
+) -> Doc:
+    """A document that makes a gap visible: how many events of each kind were lost, where."""
+    now = time.time_ns()
+    lost: Doc = {"source": source, **counts, **(extra or {})}
+    summary = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+    return {
+        "@timestamp": iso_utc_ns(now),
+        "ecs": {"version": ECS_VERSION},
+        "agent": {"type": "audit-collector", "version": __version__, "name": host.name},
+        "host": host.ecs(),
+        "event": {
+            "kind": "event",
+            "category": ["process"],
+            "type": ["info"],
+            "action": "events_lost",
+            "outcome": "failure",
+            "module": "audit_collector",
+            "dataset": "audit_collector.loss",
+            "created": iso_utc_ns(now),
+        },
+        "message": f"events lost ({source}): {summary}",
+        CUSTOM_ROOT: {"lost": lost},
+    }

@@ -1,0 +1,113 @@
+"""The official Elasticsearch client, built from the collector's configuration.
+
+* ``api_version``: client 8.x always announces ``compatible-with=8`` in Accept and
+  Content-Type, and each API method sets those headers per request (so client-level
+  ``headers=`` cannot override them). A small Transport subclass rewrites the parameter just
+  before the request leaves, so a 9.x server is addressed with ``compatible-with=9``.
+* orjson serialization, gzip request bodies (``elasticsearch.gzip``), request timeout.
+* TLS: ``ca_file`` and ``verify_certs`` (on unless turned off) for https URLs.
+* Credentials: API key or user + password, read from a file or an environment variable. The
+  values live only inside the client's headers; nothing here logs or formats them.
+* ``max_retries=0`` and ``retry_on_timeout=False``: the shipper (tenacity) owns retries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from elastic_transport import Transport
+from elasticsearch import Elasticsearch
+from elasticsearch.serializer import OrjsonSerializer
+
+from collector.config import Config, ConfigError, ElasticsearchConfig, elasticsearch_urls
+
+_COMPAT_RE = re.compile(r"compatible-with=\d+")
+
+
+class _CompatTransport(Transport):
+    """Sends ``compatible-with=<api_version>`` instead of the client's built-in major."""
+
+    api_version: int = 8
+
+    def perform_request(self, method: str, target: str, **kwargs: Any) -> Any:
+        headers = kwargs.get("headers")
+        if isinstance(headers, Mapping):
+            kwargs["headers"] = _with_compat(headers, self.api_version)
+        return super().perform_request(method, target, **kwargs)
+
+
+def _with_compat(headers: Mapping[str, str], api_version: int) -> dict[str, str]:
+    fixed = dict(headers)
+    for name in list(fixed):
+        if name.lower() in ("accept", "content-type"):
+            fixed[name] = _COMPAT_RE.sub(f"compatible-with={api_version}", fixed[name])
+    return fixed
+
+
+def _transport_for(api_version: int) -> type[Transport]:
+    return type(f"CompatTransport{api_version}", (_CompatTransport,), {"api_version": api_version})
+
+
+def read_secret(file_path: str | None, env_name: str | None, what: str) -> str | None:
+    """A credential from a file (first line) or an environment variable; never echoed."""
+    if file_path:
+        try:
+            value = Path(file_path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"elasticsearch: cannot read the {what} file {file_path}: "
+                              f"{exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"elasticsearch: the {what} file {file_path} is empty")
+        return value
+    if env_name:
+        value = os.environ.get(env_name, "").strip()
+        if not value:
+            raise ConfigError(f"elasticsearch: environment variable {env_name} ({what}) is "
+                              "not set")
+        return value
+    return None
+
+
+def _auth_options(es: ElasticsearchConfig) -> dict[str, Any]:
+    api_key = read_secret(es.api_key_file, es.api_key_env, "API key")
+    if api_key:
+        return {"api_key": api_key}
+    password = read_secret(es.password_file, es.password_env, "password")
+    if es.username and password:
+        return {"basic_auth": (es.username, password)}
+    return {}
+
+
+def _tls_options(es: ElasticsearchConfig, urls: list[str]) -> dict[str, Any]:
+    if not any(url.startswith("https://") for url in urls):
+        return {}
+    options: dict[str, Any] = {"verify_certs": es.verify_certs}
+    if es.ca_file:
+        options["ca_certs"] = es.ca_file
+    if not es.verify_certs:
+        options["ssl_show_warn"] = False
+    return options
+
+
+def build_client(cfg: Config, request_timeout_s: float | None = None) -> Elasticsearch:
+    """The client for the configured cluster(s); ConfigError when there is none."""
+    urls = elasticsearch_urls(cfg)
+    if not urls:
+        raise ConfigError("outputs: no elasticsearch:URL output and no elasticsearch.hosts")
+    es = cfg.elasticsearch
+    return Elasticsearch(
+        urls,
+        transport_class=_transport_for(es.api_version),
+        serializer=OrjsonSerializer(),
+        http_compress=es.gzip,
+        request_timeout=request_timeout_s or es.request_timeout_s,
+        max_retries=0,
+        retry_on_timeout=False,
+        retry_on_status=(),
+        **_auth_options(es),
+        **_tls_options(es, urls),
+    )

@@ -1,0 +1,151 @@
+"""`audit-collector check`: one line per thing the collector needs, and what to do about it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from collector import bashfind
+from collector.checks import CheckResult
+from collector.config import Config, outputs_of
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+TRACEPOINTS = {
+    "exec": ("syscalls/sys_enter_execve", "syscalls/sys_exit_execve",
+             "syscalls/sys_enter_execveat", "syscalls/sys_exit_execveat",
+             "sched/sched_process_exec"),
+    "namespaces": ("syscalls/sys_enter_setns", "syscalls/sys_enter_unshare",
+                   "syscalls/sys_enter_clone", "syscalls/sys_enter_clone3",
+                   "sched/sched_process_fork"),
+}
+# CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39)
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> CheckResult:
+    caps = _effective_caps()
+    has = lambda bit: bool(caps >> bit & 1)  # noqa: E731
+    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
+        return CheckResult("privileges", True, f"euid {os.geteuid()}, BPF capabilities present")
+    return CheckResult("privileges", False,
+                       "needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE); run as root")
+
+
+def check_btf() -> CheckResult:
+    from collector.btf import Btf, BtfError
+    from collector.offsets import explain_missing, resolve_offsets
+
+    if not Path(BTF_PATH).exists():
+        return CheckResult("kernel BTF", False,
+                           f"{BTF_PATH} missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y "
+                           "(struct offsets are read from it, never from headers)")
+    try:
+        report = resolve_offsets(Btf.load(BTF_PATH))
+    except (BtfError, OSError) as exc:
+        return CheckResult("kernel BTF", False, f"cannot read {BTF_PATH}: {exc}")
+    if not report.ok:
+        return CheckResult("kernel BTF", False, "; ".join(explain_missing(report, True)))
+    optional = explain_missing(report)
+    detail = f"{len(report.values)} offsets resolved from {BTF_PATH}"
+    if optional:
+        detail += f" (optional features off: {'; '.join(optional)})"
+    return CheckResult("kernel BTF", True, detail)
+
+
+def check_headers() -> CheckResult:
+    release = os.uname().release
+    base = Path("/lib/modules") / release
+    for tree in (base / "build", base / "source"):
+        if (tree / "include/linux/kconfig.h").exists():
+            real = tree.resolve()
+            note = "" if release in real.name else (
+                f" (not this kernel's: used only to compile; offsets come from BTF)")
+            return CheckResult("header tree", True, f"{tree} -> {real}{note}")
+    return CheckResult("header tree", False,
+                       f"no kernel header tree under {base}/build: BCC needs one to compile; "
+                       "run scripts/setup-host.sh (installs the closest linux-headers package)")
+
+
+def _tracefs() -> Path | None:
+    for root in TRACEFS:
+        if Path(root, "events").is_dir():
+            return Path(root)
+    return None
+
+
+def check_tracefs(cfg: Config) -> list[CheckResult]:
+    root = _tracefs()
+    if root is None:
+        return [CheckResult("tracefs", False,
+                            "not mounted: mount -t tracefs nodev /sys/kernel/tracing")]
+    results = [CheckResult("tracefs", True, f"mounted at {root}")]
+    for family, tracepoints in TRACEPOINTS.items():
+        if not getattr(cfg.capture, family):
+            continue
+        missing = [tp for tp in tracepoints if not (root / "events" / tp).is_dir()]
+        results.append(CheckResult(
+            f"tracepoints ({family})", not missing,
+            "all present" if not missing else f"missing: {', '.join(missing)}"))
+    return results
+
+
+def check_bcc() -> CheckResult:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return CheckResult("BCC", False,
+                           "python module bcc missing: apt-get install python3-bpfcc and use "
+                           "a venv made with /usr/bin/python3 -m venv --system-site-packages")
+    return CheckResult("BCC", True, f"bcc module from {Path(bcc.__file__).parent}")
+
+
+def check_bash(cfg: Config) -> list[CheckResult]:
+    if not cfg.capture.bash:
+        return []
+    results = []
+    for path in bashfind.initial_bash_paths(cfg.capture.bash_paths):
+        found = bashfind.readline_target(path)
+        if found is None:
+            results.append(CheckResult(f"bash {path}", False, "no readline symbol found",
+                                       fatal=False))
+        else:
+            _key, target, library = found
+            where = f"in {target} (libreadline)" if library else "statically linked"
+            results.append(CheckResult(f"bash {path}", True, f"readline {where}"))
+    if not results:
+        results.append(CheckResult("bash", False, "no bash binary found", fatal=False))
+    return results
+
+
+def check_outputs(cfg: Config) -> list[CheckResult]:
+    results = []
+    for output in outputs_of(cfg):
+        if output.kind == "file":
+            parent = Path(output.target).resolve().parent
+            ok = parent.is_dir() and os.access(parent, os.W_OK) or not parent.exists()
+            results.append(CheckResult(f"output file:{output.target}", ok,
+                                       "writable" if ok else f"{parent} is not writable"))
+        elif output.kind == "stdout":
+            results.append(CheckResult("output stdout", True, "ok"))
+    if any(o.kind == "elasticsearch" for o in outputs_of(cfg)):
+        from collector.esindex import check_cluster
+
+        results.extend(check_cluster(cfg))
+    return results
+
+
+def run_checks(cfg: Config) -> list[CheckResult]:
+    results = [CheckResult("config", True, "valid"), check_privileges(), check_bcc(),
+               check_btf(), check_headers()]
+    results += check_tracefs(cfg)
+    results += check_bash(cfg)
+    results += check_outputs(cfg)
+    return results
