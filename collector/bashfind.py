@@ -20,8 +20,9 @@ from elftools.elf.sections import SymbolTableSection
 
 DEFAULT_BASH_PATHS = ("/bin/bash", "/usr/bin/bash", "/usr/local/bin/bash")
 # bash exports this for loadable builtins; readline users such as python or gdb do not.
-BASH_MARKER = b"\x00shell_version_string\x00"
-READLINE_NAME = b"\x00readline\x00"
+BASH_MARKER = b"shell_version_string\x00"
+# No leading NUL: linkers merge string tails, so "readline" may end "rl_readline".
+READLINE_NAME = b"readline\x00"
 LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64",
                 "lib", "usr/lib", "usr/local/lib", "lib/aarch64-linux-gnu",
                 "usr/lib/aarch64-linux-gnu")

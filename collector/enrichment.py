@@ -184,11 +184,22 @@ class NamespaceOwners:
         if not inode or inode == self.host.inodes.get(kind):
             return None
         hit = self._owner.get((kind, inode))
-        if hit is None:
-            hit = _scan_proc_for_namespace(kind, inode)
-            if hit is not None:
-                self._owner[(kind, inode)] = hit
-        return hit
+        if hit is not None and _in_namespace(hit[0], kind, inode):
+            return hit
+        # Unknown, or the process we learned it from is gone: find a live one.
+        found = _scan_proc_for_namespace(kind, inode)
+        if found is not None:
+            container = found[1] or (hit[1] if hit else None)
+            found = (found[0], container)
+            self._owner[(kind, inode)] = found
+        return found or hit
+
+
+def _in_namespace(pid: int, kind: str, inode: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == inode
+    except OSError:
+        return False
 
 
 def _scan_proc_for_namespace(kind: str, inode: int) -> tuple[int, Container | None] | None:

@@ -101,7 +101,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.ns.after.ipc": ("long", ""),
     "audit_collector.ns.after.user": ("long", ""),
     "audit_collector.ns.after.cgroup": ("long", ""),
-    "audit_collector.ns.target.container_id": ("keyword", "Container whose namespaces were entered"),
+    "audit_collector.ns.target.container_id": ("keyword", "Container of the entered namespaces"),
     "audit_collector.ns.target.pid": ("long", "A process already in the entered namespaces"),
     "audit_collector.bash.line": ("wildcard", "The line readline returned"),
     "audit_collector.bash.line_truncated": ("boolean", "The line was cut at the bound"),

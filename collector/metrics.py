@@ -55,11 +55,11 @@ class Summary(Metric):
     def observe(self, value: float, **labels: str) -> None:
         key = _labels(labels)
         with self._lock:
-            self._values[key + (("__part", "sum"),)] = (
-                self._values.get(key + (("__part", "sum"),), 0.0) + value
+            self._values[(*key, ("__part", "sum"))] = (
+                self._values.get((*key, ("__part", "sum")), 0.0) + value
             )
-            self._values[key + (("__part", "count"),)] = (
-                self._values.get(key + (("__part", "count"),), 0.0) + 1
+            self._values[(*key, ("__part", "count"))] = (
+                self._values.get((*key, ("__part", "count")), 0.0) + 1
             )
 
 
@@ -158,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         return  # scrapes are not worth a log line each
 
 

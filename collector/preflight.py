@@ -67,7 +67,7 @@ def check_headers() -> CheckResult:
         if (tree / "include/linux/kconfig.h").exists():
             real = tree.resolve()
             note = "" if release in real.name else (
-                f" (not this kernel's: used only to compile; offsets come from BTF)")
+                " (not this kernel's: used only to compile; offsets come from BTF)")
             return CheckResult("header tree", True, f"{tree} -> {real}{note}")
     return CheckResult("header tree", False,
                        f"no kernel header tree under {base}/build: BCC needs one to compile; "
@@ -99,7 +99,7 @@ def check_tracefs(cfg: Config) -> list[CheckResult]:
 
 def check_bcc() -> CheckResult:
     try:
-        import bcc  # noqa: F401
+        import bcc
     except ImportError:
         return CheckResult("BCC", False,
                            "python module bcc missing: apt-get install python3-bpfcc and use "
@@ -130,7 +130,7 @@ def check_outputs(cfg: Config) -> list[CheckResult]:
     for output in outputs_of(cfg):
         if output.kind == "file":
             parent = Path(output.target).resolve().parent
-            ok = parent.is_dir() and os.access(parent, os.W_OK) or not parent.exists()
+            ok = (parent.is_dir() and os.access(parent, os.W_OK)) or not parent.exists()
             results.append(CheckResult(f"output file:{output.target}", ok,
                                        "writable" if ok else f"{parent} is not writable"))
         elif output.kind == "stdout":

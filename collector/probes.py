@@ -122,7 +122,7 @@ class Probes:
         started = time.monotonic()
         self.spec = build_program(self.capture)
         try:
-            self.bpf = BPF(text=self.spec.text, cflags=self.spec.cflags)
+            self.bpf = BPF(text=self.spec.text.encode(), cflags=self.spec.cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
             raise ProbeError(f"BCC could not compile or load the probes: {exc}") from exc
         if "bash" in self.spec.families:
@@ -144,7 +144,7 @@ class Probes:
             return 0
 
         self._callback = callback  # keep a reference: BCC holds only a C pointer
-        self.bpf["events"].open_ring_buffer(callback)
+        self.bpf[b"events"].open_ring_buffer(callback)
 
     def poll(self, timeout_ms: int) -> None:
         # Records written without a wake-up are only seen by an explicit consume.
@@ -152,7 +152,7 @@ class Probes:
         self.bpf.ring_buffer_consume()
 
     def lost_counts(self) -> dict[str, int]:
-        table = self.bpf["lost"]
+        table = self.bpf[b"lost"]
         counts: dict[str, int] = {}
         for index, kind in enumerate(LOST_KINDS):
             per_cpu = table[ctypes.c_int(index)]
@@ -168,7 +168,9 @@ class Probes:
         if key in self.bash_probes:
             return self.bash_probes[key]
         try:
-            self.bpf.attach_uretprobe(name=target, sym="readline", fn_name="on_readline_return")
+            self.bpf.attach_uretprobe(
+                name=target.encode(), sym=b"readline", fn_name=b"on_readline_return"
+            )
         except Exception as exc:
             log.warning("cannot probe readline in %s: %s", target, exc)
             return None

@@ -65,8 +65,9 @@ SPOOL_CORRUPT = REGISTRY.counter(
 )
 
 # drop-oldest: deleted to make room; drop-newest: refused by policy; full: refused because
-# nothing could be deleted; corrupt: unreadable at open; write-error: an I/O error.
-DropReason = Literal["drop-oldest", "drop-newest", "full", "corrupt", "write-error"]
+# nothing could be deleted; corrupt: unreadable at open; write-error: an I/O error;
+# rejected: dead-lettered by Elasticsearch (reported through the same path).
+DropReason = Literal["drop-oldest", "drop-newest", "full", "corrupt", "write-error", "rejected"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,108 @@
+"""Local sinks: stdout and ``file:PATH`` (NDJSON, one sealed document per line).
+
+Both buffer in memory and write on `flush` (every pipeline tick) and at `close`, so the
+capture loop pays for one write per tick, not per document. The file is opened for append;
+``fsync=True`` makes each flush durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from collector.chain import ChainPoint, point_of
+from collector.metrics import DOCUMENTS_EMITTED
+
+TAIL_PROBE_BYTES = 1 << 20
+
+
+class Sink(Protocol):
+    name: str
+
+    def write(self, line: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _BufferedSink:
+    name = "sink"
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buffer: list[bytes] = []
+        self._count = 0
+
+    def write(self, line: bytes) -> None:
+        self._buffer.append(line)
+        self._buffer.append(b"\n")
+        self._count += 1
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+            self._after_flush()
+        except (OSError, ValueError):
+            # stdout closed or the disk is full: local sinks must not stop capture.
+            self._count = 0
+            return
+        DOCUMENTS_EMITTED.inc(self._count, output=self.name)
+        self._count = 0
+
+    def _after_flush(self) -> None:
+        return
+
+    def close(self) -> None:
+        self.flush()
+
+
+class StdoutSink(_BufferedSink):
+    name = "stdout"
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        super().__init__(stream or sys.stdout.buffer)
+
+
+class FileSink(_BufferedSink):
+    name = "file"
+
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        super().__init__(open(self.path, "ab"))  # noqa: SIM115 - closed in close()
+
+    def _after_flush(self) -> None:
+        if self._fsync:
+            os.fsync(self._stream.fileno())
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+
+def last_point_in_file(path: str | os.PathLike[str]) -> ChainPoint | None:
+    """The chain point of the last complete line of an NDJSON sink file (sequence recovery)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - TAIL_PROBE_BYTES))
+            tail = handle.read()
+    except OSError:
+        return None
+    for line in reversed(tail.split(b"\n")):
+        point = point_of(line) if line.strip() else None
+        if point is not None:
+            return point
+    return None

@@ -1,0 +1,264 @@
+"""`audit-collector verify`: read a host's documents back and check sequence and chain.
+
+Two passes over the data stream, both sorted by ``event.sequence`` and paged with
+``search_after``: first the host's ``events_lost`` reports (which sequence ranges the
+collector itself declared lost), then every document. The tiebreaker sort key is the
+chain hash: sorting on ``_id`` needs fielddata on ``_id``, which Elasticsearch 8 disables.
+
+For each document the chain hash is recomputed (see `collector.chain`), and:
+
+* hash mismatch                       -> EDITED (content changed after sealing);
+* ``prev`` != previous document's hash -> CHAIN BREAK (the previous document was rewritten
+  with a recomputed hash, or this one was inserted);
+* two documents with one sequence     -> DUPLICATE;
+* missing sequences                   -> GAP, *explained* when events_lost reports cover
+  every missing sequence; then the link across the gap is checked against the report's
+  ``last_chain_hash`` (the hash of the last lost document). A deletion shows as an
+  unexplained gap, and the document after it does not link;
+* ``prev`` == "" after the first document -> RESTART (collector state was reset): noted,
+  not a failure, since nothing in the stored data is contradicted.
+
+Exit status 0 when nothing unexplained was found, 1 otherwise (2 when the cluster could not
+be read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch
+
+from collector.chain import GENESIS_PREV, chain_hash, chain_of, content_bytes
+from collector.config import Config, ConfigError
+from collector.esclient import build_client
+
+PAGE_SIZE = 1000
+SORT = [{"event.sequence": {"order": "asc"}},
+        {"audit_collector.chain.hash": {"order": "asc", "unmapped_type": "keyword"}}]
+FAILING = ("gap", "edited", "chain_break", "duplicate", "unchained")
+
+
+@dataclass(frozen=True)
+class LossReport:
+    """What an events_lost document declared."""
+
+    seq: int
+    first: int
+    last: int
+    source: str
+    reason: str
+    last_chain_hash: str | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # gap, explained_gap, edited, chain_break, duplicate, unchained, restart, ...
+    first_seq: int
+    last_seq: int
+    detail: str
+
+    @property
+    def failing(self) -> bool:
+        return self.kind in FAILING
+
+    def line(self) -> str:
+        where = (f"seq {self.first_seq}" if self.first_seq == self.last_seq
+                 else f"seq {self.first_seq}..{self.last_seq}")
+        label = self.kind.upper().replace("_", " ") if self.failing else self.kind.replace("_", " ")
+        return f"  {label} {where}: {self.detail}"
+
+
+@dataclass
+class _Head:
+    seq: int
+    hash: str
+    id: str
+
+
+@dataclass
+class ChainVerifier:
+    """Streaming check of one host's documents, fed in (sequence, chain hash) order."""
+
+    reports: list[LossReport] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    documents: int = 0
+    first_seq: int | None = None
+    _head: _Head | None = None
+
+    def feed(self, doc_id: str, source: dict[str, Any]) -> None:
+        self.documents += 1
+        seq = (source.get("event") or {}).get("sequence")
+        chain = chain_of(source)
+        if not isinstance(seq, int) or chain is None:
+            self._add("unchained", seq if isinstance(seq, int) else -1, f"{doc_id} has no "
+                      "event.sequence or chain")
+            return
+        prev, digest = chain
+        if chain_hash(prev, content_bytes(source)) != digest:
+            self._add("edited", seq, f"{doc_id}: content does not match its chain hash")
+        self._note_reported_but_present(seq, doc_id)
+        head = self._head
+        if head is None:
+            self.first_seq = seq
+        elif seq == head.seq:
+            self._add("duplicate", seq, f"{doc_id} and {head.id} carry the same sequence")
+            return
+        elif seq == head.seq + 1:
+            self._check_link(seq, prev, head.hash, head.seq)
+        else:
+            self._check_gap(head, seq, prev)
+        self._head = _Head(seq, digest, doc_id)
+
+    def _check_link(self, seq: int, prev: str, expected: str, prev_seq: int) -> None:
+        if prev == expected:
+            return
+        if prev == GENESIS_PREV:
+            self._add("restart", seq, "a new chain starts here (collector state was reset)")
+            return
+        self._add("chain_break", seq, f"prev does not match the hash of seq {prev_seq} "
+                  "(that document was rewritten, or this one inserted)")
+
+    def _check_gap(self, head: _Head, seq: int, prev: str) -> None:
+        first, last = head.seq + 1, seq - 1
+        if prev == GENESIS_PREV:
+            self._add("restart", seq, f"a new chain starts here after seq {head.seq} "
+                      "(collector state was reset)")
+            return
+        missing = last - first + 1
+        covering = self._covering(first, last)
+        if covering is None:
+            self._add("gap", first, f"{missing} documents missing, not reported lost", last)
+            return
+        names = ", ".join(f"seq {r.seq} ({r.source}, {r.reason})" for r in covering)
+        self._add("explained_gap", first, f"{missing} documents reported lost by "
+                  f"events_lost {names}", last)
+        bridge = next((r for r in covering if r.last == last and r.last_chain_hash), None)
+        if bridge is not None and bridge.last_chain_hash != prev:
+            self._add("chain_break", seq, "prev does not match the reported hash of the last "
+                      f"lost document (seq {last})")
+
+    def _covering(self, first: int, last: int) -> list[LossReport] | None:
+        """Reports that together cover first..last, or None when some sequence is not."""
+        used: list[LossReport] = []
+        at = first
+        for report in sorted(self.reports, key=lambda r: r.first):
+            if report.last < at or report.first > at:
+                continue
+            used.append(report)
+            at = report.last + 1
+            if at > last:
+                return used
+        return None
+
+    def _note_reported_but_present(self, seq: int, doc_id: str) -> None:
+        for report in self.reports:
+            if report.first <= seq <= report.last:
+                self._add("reported_lost_but_present", seq, f"{doc_id} is stored although "
+                          f"events_lost seq {report.seq} reported it lost (it was in flight)")
+                return
+
+    def _add(self, kind: str, first: int, detail: str, last: int | None = None) -> None:
+        self.findings.append(Finding(kind, first, first if last is None else last, detail))
+
+    @property
+    def last_seq(self) -> int | None:
+        return self._head.seq if self._head else None
+
+    @property
+    def clean(self) -> bool:
+        return not any(f.failing for f in self.findings)
+
+
+def loss_report_of(source: dict[str, Any]) -> LossReport | None:
+    lost = (source.get("audit_collector") or {}).get("lost") or {}
+    seq = (source.get("event") or {}).get("sequence")
+    first, last = lost.get("first_sequence"), lost.get("last_sequence")
+    if not all(isinstance(v, int) for v in (seq, first, last)):
+        return None
+    return LossReport(seq, first, last, str(lost.get("source", "")), str(lost.get("reason", "")),
+                      lost.get("last_chain_hash"))
+
+
+def verify_documents(
+    docs: Iterable[tuple[str, dict[str, Any]]], reports: list[LossReport]
+) -> ChainVerifier:
+    verifier = ChainVerifier(reports=reports)
+    for doc_id, source in docs:
+        verifier.feed(doc_id, source)
+    return verifier
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def iter_documents(
+    client: Elasticsearch, index: str, query: dict[str, Any], page_size: int = PAGE_SIZE
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    search_after: list[Any] | None = None
+    while True:
+        response = client.search(index=index, query=query, sort=SORT, size=page_size,
+                                 search_after=search_after, track_total_hits=False)
+        hits = response.body["hits"]["hits"]
+        for hit in hits:
+            yield hit["_id"], hit["_source"]
+        if len(hits) < page_size:
+            return
+        search_after = hits[-1]["sort"]
+
+
+def host_ids(client: Elasticsearch, index: str) -> list[str]:
+    response = client.search(index=index, size=0, aggs={"hosts": {"terms": {
+        "field": "host.id", "size": 10000}}})
+    return [b["key"] for b in response.body["aggregations"]["hosts"]["buckets"]]
+
+
+def _host_query(host_id: str, lost_only: bool = False) -> dict[str, Any]:
+    clauses: list[dict[str, Any]] = [{"term": {"host.id": host_id}}]
+    if lost_only:
+        clauses.append({"term": {"event.action": "events_lost"}})
+    return {"bool": {"filter": clauses}}
+
+
+def verify_host(client: Elasticsearch, index: str, host_id: str) -> ChainVerifier:
+    reports = [r for _, src in iter_documents(client, index, _host_query(host_id, True))
+               if (r := loss_report_of(src)) is not None]
+    return verify_documents(iter_documents(client, index, _host_query(host_id)), reports)
+
+
+def _print_host(out: TextIO, host_id: str, result: ChainVerifier) -> None:
+    span = (f"sequences {result.first_seq}..{result.last_seq}"
+            if result.first_seq is not None else "no documents")
+    print(f"host {host_id}: {result.documents} documents, {span}", file=out)
+    for finding in result.findings:
+        print(finding.line(), file=out)
+    failing = sum(1 for f in result.findings if f.failing)
+    print(f"  result: {'clean' if failing == 0 else f'{failing} unexplained problem(s)'}",
+          file=out)
+
+
+def run_verify(
+    cfg: Config, host_id: str | None, out: TextIO, client: Elasticsearch | None = None
+) -> int:
+    index = cfg.elasticsearch.data_stream
+    try:
+        client = client or build_client(cfg)
+    except ConfigError as exc:
+        print(f"verify: {exc}", file=out)
+        return 2
+    try:
+        hosts = [host_id] if host_id else host_ids(client, index)
+        if not hosts:
+            print(f"verify: no documents in {index}", file=out)
+            return 0
+        clean = True
+        for host in hosts:
+            result = verify_host(client, index, host)
+            _print_host(out, host, result)
+            clean = clean and result.clean
+    except (ApiError, TransportError) as exc:
+        print(f"verify: cannot read {index}: {exc}", file=out)
+        return 2
+    return 0 if clean else 1

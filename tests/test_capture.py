@@ -1,0 +1,418 @@
+"""End-to-end capture: real BPF programs on the running kernel, checked against /proc.
+
+Each test triggers activity in child processes (never in the test process, which hosts the
+agent and is excluded from tracing) and matches documents by a unique marker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from capture_support import Doc, RunningAgent
+
+from collector.decoding import BashHeader, ExecHeader, NsRecord
+from collector.documents import unescape_text
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
+
+NS_KINDS = ("pid", "mnt", "net", "uts", "ipc", "user", "cgroup")
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[RunningAgent]:
+    with RunningAgent() as running:
+        yield running
+
+
+def marker() -> str:
+    return f"mark-{uuid.uuid4().hex[:12]}"
+
+
+def execs_with(agent: RunningAgent, mark: str, program: str | None = None,
+               count: int = 1, timeout: float = 10) -> list[Doc]:
+    """Exec documents whose argv (or filename) holds the marker, of `program` if given."""
+
+    def matches(d: Doc) -> bool:
+        if d["event"]["action"] != "exec":
+            return False
+        args = d["process"].get("args", [])
+        if program is not None and (not args or args[0] != program):
+            return False
+        return mark in args or mark in d["audit_collector"]["exec"].get("filename", "")
+
+    return agent.sink.wait_for(matches, count=count, timeout=timeout)
+
+
+def ns_inodes(pid: int | str) -> dict[str, int]:
+    return {k: os.stat(f"/proc/{pid}/ns/{k}").st_ino for k in NS_KINDS}
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_record_layouts_match_the_bpf_structs(agent: RunningAgent) -> None:
+    bpf = agent.agent.probes.bpf
+    args_buf = agent.agent.probes.spec.cflags
+    assert any(flag.startswith("-DARGS_BUF=") for flag in args_buf)
+    exec_leaf = ctypes.sizeof(bpf[b"exec_zero"].Leaf)
+    assert exec_leaf == ctypes.sizeof(ExecHeader) + 2 * 16384
+    assert ctypes.sizeof(bpf[b"ns_pending"].Leaf) == ctypes.sizeof(NsRecord)
+    bash_leaf = ctypes.sizeof(bpf[b"bash_scratch"].sLeaf)
+    assert ctypes.sizeof(BashHeader) + 4096 + 1 <= bash_leaf < ctypes.sizeof(BashHeader) + 4105
+
+
+# --------------------------------------------------------------------------- exec
+
+
+def test_exec_tricky_arguments_survive_intact(agent: RunningAgent) -> None:
+    mark = marker()
+    argv = [b"/bin/echo", mark.encode(), b"two words", b"", b"it's \"quoted\"",
+            b"line1\nline2", b"caf\xc3\xa9", b"bad\xff\xfebytes\\x41", b"  "]
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    assert proc.returncode == 0
+    (doc,) = execs_with(agent, mark)
+    p = doc["process"]
+    assert doc["event"]["outcome"] == "success"
+    assert doc["audit_collector"]["exec"]["escaped"] is True
+    assert [unescape_text(a) for a in p["args"]] == argv
+    assert p["args_count"] == len(argv)
+    assert p["executable"] == "/bin/echo"
+    assert p["name"] == "echo"
+    assert p["parent"]["pid"] == os.getpid()
+    assert doc["audit_collector"]["exec"]["args_truncated"] is False
+    assert doc["user"]["id"] == str(os.getuid())
+    assert doc["user"]["effective"]["id"] == str(os.geteuid())
+    assert doc["group"]["id"] == str(os.getgid())
+    assert doc["audit_collector"]["namespaces"]["host"] is True
+    assert {k: doc["audit_collector"]["namespaces"][k] for k in NS_KINDS} == ns_inodes("self")
+
+
+def test_exec_utf8_arguments_are_not_escaped(agent: RunningAgent) -> None:
+    mark = marker()
+    argv = ["/bin/true", mark, "héllo wörld ✓", "", "tab\there"]
+    subprocess.run(argv, check=True)
+    (doc,) = execs_with(agent, mark)
+    assert doc["process"]["args"] == argv
+    assert doc["audit_collector"]["exec"]["escaped"] is False
+    assert doc["process"]["command_line"] == f"/bin/true {mark} 'héllo wörld ✓' '' 'tab\there'"
+
+
+def test_exec_pid_and_parent_match_proc(agent: RunningAgent) -> None:
+    mark = marker()
+    # The shell is the parent; it reports its own pid and the child's before waiting.
+    out = subprocess.run(["/bin/sh", "-c", f"/bin/sleep 0.2 {mark} & echo $$ $!; wait"],
+                         capture_output=True, text=True, check=False)
+    shell_pid, child_pid = map(int, out.stdout.split())
+    docs = agent.sink.wait_for(lambda d: d["event"]["action"] == "exec"
+                               and d["process"].get("args", [None])[0] == "/bin/sleep"
+                               and mark in d["process"]["args"])
+    assert docs[0]["process"]["pid"] == child_pid
+    assert docs[0]["process"]["parent"]["pid"] == shell_pid
+
+
+def test_exec_with_200_arguments_is_truncated_and_flagged(agent: RunningAgent) -> None:
+    mark = marker()
+    argv = ["/bin/true", mark] + [f"a{i}" for i in range(198)]
+    subprocess.run(argv, check=True)
+    (doc,) = execs_with(agent, mark)
+    assert doc["process"]["args"] == argv[:128]
+    assert doc["process"]["args_count"] == 200
+    assert doc["audit_collector"]["exec"]["args_truncated"] is True
+
+
+def test_exec_with_20kib_of_arguments_is_cut_at_16kib(agent: RunningAgent) -> None:
+    mark = marker()
+    argv = ["/bin/true", mark] + [chr(ord("a") + i % 26) * 1023 for i in range(20)]
+    assert sum(len(a) + 1 for a in argv) > 20 * 1024
+    subprocess.run(argv, check=True)
+    (doc,) = execs_with(agent, mark)
+    ex = doc["audit_collector"]["exec"]
+    assert ex["args_truncated"] is True
+    assert ex["args_captured_bytes"] == 16384
+    args = doc["process"]["args"]
+    assert doc["process"]["args_count"] == len(argv)
+    # Every argument before the cut is complete; the last one is a prefix of the original.
+    assert args[:-1] == argv[: len(args) - 1]
+    assert argv[len(args) - 1].startswith(args[-1])
+    assert sum(len(a) + 1 for a in args) - 1 == 16384 - 1 or len(args[-1]) < 1023
+
+
+def test_exec_enoent_is_a_failure_event(agent: RunningAgent) -> None:
+    mark = marker()
+    missing = f"/nonexistent/{mark}"
+    with pytest.raises(FileNotFoundError):
+        subprocess.run([missing, "x"])
+    (doc,) = execs_with(agent, mark)
+    assert doc["event"]["outcome"] == "failure"
+    assert doc["error"]["code"] == "ENOENT"
+    assert doc["process"]["exit_code"] == -2
+    assert doc["process"]["executable"] == missing
+    assert doc["process"]["args"] == [missing, "x"]
+
+
+def test_exec_eacces_is_a_failure_event(agent: RunningAgent, tmp_path: Path) -> None:
+    mark = marker()
+    script = tmp_path / mark
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    with pytest.raises(PermissionError):
+        subprocess.run([str(script)])
+    (doc,) = execs_with(agent, mark)
+    assert doc["event"]["outcome"] == "failure"
+    assert doc["error"]["code"] == "EACCES"
+    assert doc["process"]["exit_code"] == -13
+
+
+def test_login_uid_and_session_id(agent: RunningAgent) -> None:
+    mark = marker()
+    code = (
+        "import os,sys\n"
+        "open('/proc/self/loginuid','w').write('4321')\n"
+        "print(open('/proc/self/sessionid').read().strip(), flush=True)\n"
+        f"os.execv('/bin/true', ['/bin/true', '{mark}'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0 and "Operation not permitted" in out.stderr:
+        pytest.skip(f"this kernel refuses to set loginuid: {out.stderr.strip()[-120:]}")
+    assert out.returncode == 0, out.stderr
+    session = int(out.stdout.strip())
+    (doc,) = execs_with(agent, mark, "/bin/true")
+    assert doc["user"]["audit"]["id"] == "4321"
+    assert doc["audit_collector"]["session_id"] == session
+
+
+def test_unset_login_uid_is_omitted(agent: RunningAgent) -> None:
+    if Path("/proc/self/loginuid").read_text().strip() != "4294967295":
+        pytest.skip("this test process already has a login uid")
+    mark = marker()
+    subprocess.run(["/bin/true", mark], check=True)
+    (doc,) = execs_with(agent, mark)
+    assert "audit" not in doc["user"]
+    assert "session_id" not in doc["audit_collector"]
+
+
+def _run_in_pty(argv: list[str], input_lines: list[bytes] = (), settle: float = 0.3,
+                timeout: float = 10) -> tuple[int, bytes]:
+    """Run argv with a new pty as its controlling terminal; type lines; return output."""
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    pending = list(input_lines)
+    last_write = 0.0
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        if pending and time.monotonic() - last_write > settle:
+            os.write(master, pending.pop(0))
+            last_write = time.monotonic()
+    os.close(master)
+    _, _status = os.waitpid(pid, 0)
+    return pid, bytes(output)
+
+
+def test_tty_under_a_pty(agent: RunningAgent) -> None:
+    mark = marker()
+    script = f"stat -L -c 'DEV %t %T' /proc/self/fd/0; tty; exec /bin/true {mark}"
+    _pid, out = _run_in_pty(["/bin/sh", "-c", script])
+    text = out.decode()
+    major_hex, minor_hex = text.split("DEV ")[1].split()[:2]
+    tty_path = next(ln for ln in text.splitlines() if ln.startswith("/dev/")).strip()
+    (doc,) = execs_with(agent, mark, "/bin/true")
+    assert doc["process"]["interactive"] is True
+    assert doc["process"]["tty"]["char_device"] == {"major": int(major_hex, 16),
+                                                     "minor": int(minor_hex, 16)}
+    assert doc["audit_collector"]["tty"]["name"] == tty_path.removeprefix("/dev/")
+
+
+def test_no_tty_is_not_interactive(agent: RunningAgent) -> None:
+    mark = marker()
+    subprocess.run(["setsid", "/bin/true", mark], check=True, stdin=subprocess.DEVNULL)
+    (doc,) = execs_with(agent, mark, "/bin/true")
+    assert doc["process"]["interactive"] is False
+    assert "tty" not in doc["process"]
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+@pytest.fixture
+def isolated(agent: RunningAgent) -> Iterator[tuple[int, str, str]]:
+    """A process in new pid, mount and uts namespaces with its own hostname."""
+    # sleep sums its arguments: a unique fraction of a second marks our process.
+    mark = f"0.{uuid.uuid4().int % 10**12:012d}"
+    hostname = f"ns-{mark[-8:]}"
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--mount", "--uts", "--fork", "--mount-proc", "/bin/sh", "-c",
+         f"hostname {hostname}; exec /bin/sleep 60 {mark}"])
+    docs = execs_with(agent, mark, "/bin/sleep")
+    pid = docs[0]["process"]["pid"]
+    try:
+        yield pid, mark, hostname
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", mark], check=False)
+        proc.wait()
+
+
+def test_process_in_new_namespaces(agent: RunningAgent, isolated: tuple[int, str, str]) -> None:
+    pid, mark, hostname = isolated
+    (doc,) = execs_with(agent, mark, "/bin/sleep")
+    ns = doc["audit_collector"]["namespaces"]
+    truth = ns_inodes(pid)
+    assert {k: ns[k] for k in NS_KINDS} == truth
+    assert ns["host"] is False
+    assert set(ns["differ"]) == {"pid", "mnt", "uts"}
+    assert doc["audit_collector"]["uts_hostname"] == hostname
+    assert doc["audit_collector"]["vpid"] == 1
+    # The unshare(2) call that created them, with inodes before and after.
+    unshares = agent.sink.wait_for(
+        lambda d: d["event"]["action"] == "unshare"
+        and d["audit_collector"]["ns"].get("after", {}).get("uts") == truth["uts"])
+    ev = unshares[0]["audit_collector"]["ns"]
+    assert set(ev["kinds"]) == {"pid", "mnt", "uts"}
+    assert set(ev["flags"]) == {"CLONE_NEWPID", "CLONE_NEWNS", "CLONE_NEWUTS"}
+    assert ev["before"]["uts"] == os.stat("/proc/self/ns/uts").st_ino
+    assert ev["after"]["mnt"] == truth["mnt"]
+    assert ev["after"]["pid_for_children"] == truth["pid"]
+    assert unshares[0]["event"]["outcome"] == "success"
+
+
+def test_nsenter_into_it(agent: RunningAgent, isolated: tuple[int, str, str]) -> None:
+    pid, _mark, hostname = isolated
+    mark2 = marker()
+    out = subprocess.run(["nsenter", "-t", str(pid), "--uts", "--mount", "--pid", "--",
+                          "/bin/sh", "-c", f"hostname; exec /bin/true {mark2}"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hostname
+    truth = ns_inodes(pid)
+    setns = agent.sink.wait_for(
+        lambda d: d["event"]["action"] == "setns"
+        and d["audit_collector"]["ns"].get("after", {}).get("uts") == truth["uts"]
+        and "uts" in d["audit_collector"]["ns"].get("changed", []))
+    ev = setns[0]["audit_collector"]["ns"]
+    assert setns[0]["event"]["outcome"] == "success"
+    # The target is a process already in the entered namespaces (unshare itself or sleep).
+    target = ev["target"]["pid"]
+    assert os.stat(f"/proc/{target}/ns/uts").st_ino == truth["uts"]
+    assert os.stat(f"/proc/{target}/ns/mnt").st_ino == truth["mnt"]
+    assert ev["before"]["uts"] == os.stat("/proc/self/ns/uts").st_ino
+    (doc,) = execs_with(agent, mark2, "/bin/true")
+    ns = doc["audit_collector"]["namespaces"]
+    assert (ns["uts"], ns["mnt"], ns["pid"]) == (truth["uts"], truth["mnt"], truth["pid"])
+    assert doc["audit_collector"]["uts_hostname"] == hostname
+
+
+def test_unshare_refused_with_eperm(agent: RunningAgent) -> None:
+    mark = marker()
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "/bin/sh", "-c", f"echo {mark} >/dev/null; exec unshare --uts true"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    docs = agent.sink.wait_for(
+        lambda d: d["event"]["action"] == "unshare" and d["user"]["id"] == "65534"
+        and d["event"]["outcome"] == "failure")
+    doc = docs[-1]
+    assert doc["error"]["code"] == "EPERM"
+    assert doc["audit_collector"]["ns"]["kinds"] == ["uts"]
+    assert "after" not in doc["audit_collector"]["ns"]
+
+
+def test_clone_with_new_namespace_flags(agent: RunningAgent) -> None:
+    code = (
+        "import ctypes,os\n"
+        "libc=ctypes.CDLL(None,use_errno=True)\n"
+        "r=libc.syscall(56, 0x04000000|0x08000000|17, 0, 0, 0, 0)\n"
+        "if r==0: os._exit(0)\n"
+        "print(r, flush=True); os.waitpid(r,0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child = int(out.stdout)
+    docs = agent.sink.wait_for(lambda d: d["event"]["action"] == "clone"
+                               and d["audit_collector"]["ns"].get("child_pid") == child)
+    ev = docs[0]["audit_collector"]["ns"]
+    assert docs[0]["process"]["exit_code"] == child
+    assert set(ev["kinds"]) == {"uts", "ipc"}
+    assert set(ev["changed"]) == {"uts", "ipc"}
+    assert ev["after"]["net"] == ev["before"]["net"]
+
+
+# --------------------------------------------------------------------------- bash
+
+
+def _bash_lines(agent: RunningAgent, pid: int, count: int) -> list[Doc]:
+    return agent.sink.wait_for(lambda d: d["event"]["action"] == "bash_command"
+                               and d["process"]["pid"] == pid, count=count)
+
+
+def test_bash_commands_typed_under_a_pty(agent: RunningAgent) -> None:
+    mark = marker()
+    long_cmd = "echo " + "x" * 3000 + f" {mark}"
+    utf8_cmd = f"echo héllo-wörld-✓-{mark}"
+    lines = [f"echo short-{mark}\n".encode(), f"{long_cmd}\n".encode(),
+             f"{utf8_cmd}\n".encode(), b"exit\n"]
+    pid, _out = _run_in_pty(["/bin/bash", "--norc", "--noprofile", "-i"], lines)
+    docs = _bash_lines(agent, pid, 4)
+    typed = [d["audit_collector"]["bash"]["line"] for d in docs]
+    assert typed == [f"echo short-{mark}", long_cmd, utf8_cmd, "exit"]
+    assert docs[1]["audit_collector"]["bash"]["line_bytes"] == len(long_cmd)
+    assert all(not d["audit_collector"]["bash"]["line_truncated"] for d in docs)
+    assert docs[2]["audit_collector"]["bash"]["line_bytes"] == len(utf8_cmd.encode())
+    first = docs[0]
+    assert first["process"]["name"] == "bash"
+    assert first["process"]["interactive"] is True
+    assert first["audit_collector"]["tty"]["name"].startswith("pts/")
+    assert first["user"]["id"] == str(os.getuid())
+
+
+def test_bash_line_longer_than_bound_is_truncated(agent: RunningAgent) -> None:
+    long_cmd = "echo " + "y" * 5000
+    pid, _ = _run_in_pty(["/bin/bash", "--norc", "--noprofile", "-i"],
+                         [f"{long_cmd}\n".encode(), b"exit\n"])
+    docs = _bash_lines(agent, pid, 2)
+    bash = docs[0]["audit_collector"]["bash"]
+    assert bash["line_truncated"] is True
+    assert bash["line_bytes"] == 4096
+    assert bash["line"] == long_cmd[:4096]
+
+
+def test_copy_of_bash_elsewhere_gets_probed(agent: RunningAgent, tmp_path: Path) -> None:
+    copy = tmp_path / "renamed-shell"
+    shutil.copy2("/bin/bash", copy)
+    key = (os.stat(copy).st_dev, os.stat(copy).st_ino)
+    mark = marker()
+    # First run: the exec event makes the agent attach to the new binary.
+    subprocess.run([str(copy), "-c", "true"], check=True)
+    deadline = time.monotonic() + 10
+    while key not in agent.agent.probes.bash_probes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert key in agent.agent.probes.bash_probes
+    pid, _ = _run_in_pty([str(copy), "--norc", "--noprofile", "-i"],
+                         [f"echo copied-{mark}\n".encode(), b"exit\n"])
+    docs = _bash_lines(agent, pid, 2)
+    assert docs[0]["audit_collector"]["bash"]["line"] == f"echo copied-{mark}"
+    assert docs[0]["process"]["name"] == "renamed-shell"
+
+
+def test_no_events_lost_in_normal_operation(agent: RunningAgent) -> None:
+    assert not [d for d in agent.sink.docs if d["event"]["action"] == "events_lost"]
+    assert agent.agent.probes.lost_counts() == {"exec": 0, "namespace": 0, "bash": 0}
