@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-only", action="store_true",
         help="only validate the configuration file (no kernel checks)",
     )
+    check.add_argument(
+        "--load", action="store_true",
+        help="also compile, load and attach the probes once (the definitive test)",
+    )
     check.add_argument("--output", action="append", metavar="OUTPUT")
 
     setup = sub.add_parser("setup", help="install index template, data stream and ILM policy")
@@ -145,7 +149,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     if args.config_only:
         print(f"[ok  ] config: {args.config or 'embedded defaults'} is valid")
         return EXIT_OK
-    results = preflight.run_checks(cfg)
+    results = preflight.run_checks(cfg, load=args.load)
     for result in results:
         print(result.line())
     failed = [r for r in results if not r.ok and r.fatal]

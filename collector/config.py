@@ -171,8 +171,10 @@ _AGE_RE = re.compile(r"^\d+(ms|s|m|h|d)$")
 def _check_values(cfg: Config) -> None:
     cap = cfg.capture
     _positive("capture.max_args", cap.max_args, upper=1024)
-    _positive("capture.max_args_bytes", cap.max_args_bytes, lower=256, upper=1 << 20)
-    _positive("capture.max_bash_line", cap.max_bash_line, lower=16, upper=1 << 16)
+    # Each pending exec holds 2x the (power-of-two) bound in a BPF map slot.
+    _positive("capture.max_args_bytes", cap.max_args_bytes, lower=256, upper=1 << 17)
+    # The bash record is built in a per-CPU slot, which the kernel caps at 32 KiB.
+    _positive("capture.max_bash_line", cap.max_bash_line, lower=16, upper=1 << 14)
     _positive("capture.ringbuf_kib", cap.ringbuf_kib, lower=4, upper=1 << 20)
     if cap.ringbuf_kib & (cap.ringbuf_kib - 1):
         raise ConfigError(f"capture.ringbuf_kib: {cap.ringbuf_kib} is not a power of two")

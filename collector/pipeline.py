@@ -80,18 +80,29 @@ class Pipeline:
         self._closed = True
         self.tick()
         if self._spool is not None:
-            self._report_losses(force=True)
-            self._spool.flush()
-            drained = self._shipper.close(timeout_s)
-            self._report_losses(force=True)  # dead letters of the last batches
-            self._spool.flush()
-            if not drained:
-                log.warning("shutdown: %d documents stay in the spool for the next start",
-                            self._spool.pending()[0])
+            self._drain(time.monotonic() + timeout_s)
             self._spool.close()
         for sink in self._sinks:
             sink.close()
         self._sealer.checkpoint(durable=True)
+
+    def _drain(self, deadline: float) -> None:
+        """Ship until the spool is empty, including loss reports made while draining."""
+        assert self._spool is not None
+        drained = False
+        while True:
+            self._report_losses(force=True)
+            self._spool.flush()
+            drained = self._shipper.drain(deadline)
+            self._collect_losses()
+            if not drained or not self._held_losses:
+                break
+        self._shipper.stop(max(0.1, deadline - time.monotonic()))
+        self._report_losses(force=True)  # whatever came in last stays spooled for next start
+        self._spool.flush()
+        if not drained:
+            log.warning("shutdown: %d documents stay in the spool for the next start",
+                        self._spool.pending()[0])
 
     def lost_document(
         self, counts: dict[str, int], source: str, extra: dict[str, Any] | None = None

@@ -111,7 +111,12 @@ def check_bash(cfg: Config) -> list[CheckResult]:
     if not cfg.capture.bash:
         return []
     results = []
+    seen: set[tuple[int, int]] = set()
     for path in bashfind.initial_bash_paths(cfg.capture.bash_paths):
+        key = bashfind.file_key(path)
+        if key in seen:
+            continue  # /bin/bash and /usr/bin/bash are one file on merged-/usr systems
+        seen.add(key)
         found = bashfind.readline_target(path)
         if found is None:
             results.append(CheckResult(f"bash {path}", False, "no readline symbol found",
@@ -125,14 +130,36 @@ def check_bash(cfg: Config) -> list[CheckResult]:
     return results
 
 
+def _writable_dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be used (or created) as a directory; None when it can."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def check_dirs(cfg: Config) -> list[CheckResult]:
+    dirs = {"state_dir": Path(cfg.state_dir)}
+    if any(o.kind == "elasticsearch" for o in outputs_of(cfg)):
+        dirs["spool.dir"] = Path(cfg.spool.dir)
+    results = []
+    for key, path in dirs.items():
+        problem = _writable_dir_problem(path)
+        results.append(CheckResult(key, problem is None, problem or f"{path} usable"))
+    return results
+
+
 def check_outputs(cfg: Config) -> list[CheckResult]:
     results = []
     for output in outputs_of(cfg):
         if output.kind == "file":
-            parent = Path(output.target).resolve().parent
-            ok = (parent.is_dir() and os.access(parent, os.W_OK)) or not parent.exists()
-            results.append(CheckResult(f"output file:{output.target}", ok,
-                                       "writable" if ok else f"{parent} is not writable"))
+            problem = _writable_dir_problem(Path(output.target).parent)
+            results.append(CheckResult(f"output file:{output.target}", problem is None,
+                                       problem or "writable"))
         elif output.kind == "stdout":
             results.append(CheckResult("output stdout", True, "ok"))
     if any(o.kind == "elasticsearch" for o in outputs_of(cfg)):
@@ -142,10 +169,33 @@ def check_outputs(cfg: Config) -> list[CheckResult]:
     return results
 
 
-def run_checks(cfg: Config) -> list[CheckResult]:
+def check_load(cfg: Config) -> CheckResult:
+    """Really compile, load and attach the probes, then detach: the definitive answer."""
+    import time
+
+    from collector.probes import ProbeError, Probes
+
+    probes = Probes(cfg.capture)
+    started = time.monotonic()
+    try:
+        probes.load()
+    except (ProbeError, OSError) as exc:
+        return CheckResult("probes", False, str(exc))
+    finally:
+        probes.close()
+    return CheckResult("probes", True,
+                       f"compiled, loaded and attached ({', '.join(probes.families)}; "
+                       f"{len(probes.bash_probes)} bash binaries) in "
+                       f"{time.monotonic() - started:.2f} s")
+
+
+def run_checks(cfg: Config, load: bool = False) -> list[CheckResult]:
     results = [CheckResult("config", True, "valid"), check_privileges(), check_bcc(),
                check_btf(), check_headers()]
     results += check_tracefs(cfg)
     results += check_bash(cfg)
+    results += check_dirs(cfg)
     results += check_outputs(cfg)
+    if load and all(r.ok or not r.fatal for r in results):
+        results.append(check_load(cfg))
     return results

@@ -36,7 +36,8 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_when_event_set,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from collector.batching import BatchWindow
@@ -164,20 +165,22 @@ class Shipper:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout_s: float) -> bool:
-        """Ship what is pending for up to timeout_s, then stop; True when all was shipped."""
-        deadline = time.monotonic() + timeout_s
+    def drain(self, deadline: float) -> bool:
+        """Ship without waiting for full batches until the spool is empty or the monotonic
+        deadline passes; True when everything was acknowledged."""
         self._draining.set()
         self._spool.wake()
-        while time.monotonic() < deadline and self._spool.pending()[0] > 0:
-            if not self._thread.is_alive():
-                break
+        while self._spool.pending()[0] > 0 and self._thread.is_alive():
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.02)
-        drained = self._spool.pending()[0] == 0
+        return self._spool.pending()[0] == 0
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread; a batch in flight stays unacknowledged in the spool."""
         self._stop.set()
         self._spool.wake()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
-        return drained
+        self._thread.join(timeout_s)
 
     def take_rejections(self) -> list[DroppedRange]:
         """Sequence runs dead-lettered since the last call (for events_lost documents)."""
@@ -262,9 +265,9 @@ class Shipper:
         body = bulk_body(records)
         retrying = Retrying(
             retry=retry_if_exception(_retriable),
-            wait=wait_exponential_jitter(
-                initial=self._retry.initial_s, max=self._retry.max_s, jitter=self._retry.initial_s
-            ),
+            # Exponential from initial_s, capped at max_s, plus up to initial_s of jitter.
+            wait=wait_exponential(multiplier=self._retry.initial_s, max=self._retry.max_s)
+            + wait_random(0, self._retry.initial_s),
             stop=stop_when_event_set(self._stop),
             sleep=self._sleep,
             before_sleep=self._note_request_retry,

@@ -1,0 +1,57 @@
+"""``python -m tests.esserver --host 127.0.0.1 --port 9200 --major 8 [--port-file F]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from .server import ESTestServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.esserver",
+                                 description="Elasticsearch-API test server")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=9200, help="0 = pick a free port")
+    ap.add_argument("--major", type=int, default=8, choices=(7, 8, 9))
+    ap.add_argument("--version", default=None, help='override version.number, e.g. "8.15.1"')
+    ap.add_argument("--cluster-name", default="es-test-cluster")
+    ap.add_argument("--port-file", default=None,
+                    help="write the bound port here (atomically) once listening")
+    ap.add_argument("--no-gzip-responses", action="store_true")
+    ap.add_argument("--no-gc-freeze", action="store_true",
+                    help="do not gc.freeze() after each bulk (slower ingest)")
+    args = ap.parse_args(argv)
+
+    srv = ESTestServer(args.host, args.port, args.major, version=args.version,
+                       cluster_name=args.cluster_name,
+                       gzip_responses=not args.no_gzip_responses,
+                       gc_freeze=not args.no_gc_freeze)
+    srv.start()
+    if args.port_file:
+        tmp = f"{args.port_file}.tmp.{os.getpid()}"
+        with open(tmp, "w") as fh:
+            fh.write(f"{srv.port}\n")
+        os.replace(tmp, args.port_file)
+    print(f"esserver listening on {srv.url} (major {args.major}, "
+          f"version {srv.cluster.version['number']})", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Config validation: every mistake names its key; nothing ends in a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.config import (
+    ConfigError,
+    config_from_mapping,
+    elasticsearch_urls,
+    load_config,
+    parse_output,
+    with_overrides,
+)
+
+
+def test_defaults_are_valid() -> None:
+    cfg = config_from_mapping({})
+    assert cfg.outputs == ("stdout",)
+    assert cfg.capture.max_args == 128
+    assert cfg.capture.max_args_bytes == 16384
+    assert cfg.capture.max_bash_line == 4096
+    assert cfg.batch.max_docs == 1000
+    assert cfg.batch.max_bytes == 5 << 20
+    assert cfg.batch.max_wait_s == 1.0
+    assert cfg.elasticsearch.data_stream == "logs-audit_collector-default"
+    assert cfg.elasticsearch.verify_certs is True
+    assert cfg.metrics.listen == "127.0.0.1:9477"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"capture": {"max_argz": 3}}, "capture.max_argz: unknown key"),
+        ({"capture": {"max_args": "many"}}, "capture.max_args: expected an integer, got a string"),
+        ({"capture": {"max_args": True}}, "capture.max_args: expected an integer, got a boolean"),
+        ({"capture": {"max_args": 0}}, "capture.max_args: 0 is out of range"),
+        ({"capture": {"ringbuf_kib": 3000}}, "capture.ringbuf_kib: 3000 is not a power of two"),
+        ({"capture": {"exec": "yes"}}, "capture.exec: expected true or false"),
+        ({"capture": []}, "capture: expected a mapping, got a list"),
+        ({"spool": {"full_policy": "drop-all"}}, "spool.full_policy: 'drop-all' is not one of"),
+        ({"spool": {"max_bytes": 1 << 20, "segment_bytes": 2 << 20}},
+         "spool.segment_bytes: larger than spool.max_bytes"),
+        ({"batch": {"max_wait_s": 0}}, "batch.max_wait_s: 0.0 is not in (0, 60]"),
+        ({"outputs": ["kafka:x"]}, "outputs[0]: 'kafka:x' is not an output"),
+        ({"outputs": ["elasticsearch:localhost:9200"]}, "must start with http:// or https://"),
+        ({"outputs": []}, "outputs: at least one output is needed"),
+        ({"elasticsearch": {"api_version": 7}}, "elasticsearch.api_version: 7 is not one of 8, 9"),
+        ({"elasticsearch": {"dataset": "Audit-Collector"}}, "elasticsearch.dataset"),
+        ({"elasticsearch": {"password_env": "P"}}, "elasticsearch.username: required"),
+        ({"elasticsearch": {"api_key_file": "a", "api_key_env": "B"}}, "not both"),
+        ({"elasticsearch": {"ilm": {"delete_after": "forever"}}},
+         "elasticsearch.ilm.delete_after: expected a duration"),
+        ({"metrics": {"listen": "9477"}}, "metrics.listen: '9477' is not HOST:PORT"),
+        ({"nonsense": 1}, "nonsense: unknown key"),
+        ("just a string", "config: expected a mapping, got a string"),
+    ],
+)
+def test_bad_values_name_their_key(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(data)
+    assert message in str(info.value)
+
+
+def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("capture:\n  max_args: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_overrides_outputs_and_spool() -> None:
+    cfg = with_overrides(config_from_mapping({}), ["file:/tmp/x.ndjson",
+                                                   "elasticsearch:http://127.0.0.1:9200/"],
+                         "/tmp/spool")
+    assert cfg.outputs == ("file:/tmp/x.ndjson", "elasticsearch:http://127.0.0.1:9200/")
+    assert cfg.spool.dir == "/tmp/spool"
+    assert elasticsearch_urls(cfg) == ["http://127.0.0.1:9200"]
+    assert parse_output("stdout").kind == "stdout"
+    with pytest.raises(ConfigError, match=r"--output\[0\]"):
+        with_overrides(cfg, ["nope"])
+
+
+def test_example_config_is_valid() -> None:
+    for path in Path(__file__).parent.parent.glob("config/*.yaml"):
+        load_config(path)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("capture:\n  max_args: -1\n")
+    result = run_cli("check", "--config-only", "--config", str(cfg))
+    assert result.returncode == 2
+    assert "capture.max_args: -1 is out of range" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("run", "--output", "carrier-pigeon")
+    assert result.returncode == 2
+    assert "--output[0]: 'carrier-pigeon' is not an output" in result.stderr
+    result = run_cli("run", "--bogus")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --bogus" in result.stderr
+
+
+def test_cli_config_only_check_accepts_a_good_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("outputs: [stdout]\nspool: {full_policy: drop-newest}\n")
+    result = run_cli("check", "--config-only", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout

@@ -1,0 +1,156 @@
+"""The shipper against the Elasticsearch-API test server: ids, outcomes, headers, speed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from elasticsearch import BadRequestError
+
+from collector.esclient import build_client
+from collector.esindex import setup_cluster
+from collector.metrics import REGISTRY
+from collector.pipeline import Pipeline
+from collector.spool import Spool
+from tests.delivery_helpers import (
+    DATA_STREAM,
+    HOST,
+    dead_letter_ids,
+    make_config,
+    split_stored,
+    stored,
+    submit_docs,
+)
+from tests.esserver import ESTestServer
+
+
+@pytest.fixture
+def server() -> Iterator[ESTestServer]:
+    with ESTestServer(major=8) as srv:
+        yield srv
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.counter(name, "").get(**labels)
+
+
+def test_every_document_stored_once_under_its_deterministic_id(
+    server: ESTestServer, tmp_path: Path
+) -> None:
+    cfg = make_config(tmp_path, server.url)
+    assert setup_cluster(cfg) == 0
+    shipped_before = metric("audit_collector_shipped_documents_total")
+    pipeline = Pipeline(cfg, HOST)
+    run = submit_docs(pipeline, 2500)
+    pipeline.close(30)
+    docs = stored(server)
+    assert sorted(docs) == sorted(run.ids)
+    assert [docs[i]["event"]["sequence"] for i in run.ids] == run.seqs
+    assert run.seqs == list(range(run.seqs[0], run.seqs[0] + 2500))
+    assert metric("audit_collector_shipped_documents_total") - shipped_before == 2500
+    assert server.counter("bulk.items.created") == 2500
+    assert REGISTRY.health["elasticsearch_reachable"] is True
+    assert Spool(cfg.spool).pending() == (0, 0)
+
+
+def test_replayed_records_are_409_duplicates_not_copies(
+    server: ESTestServer, tmp_path: Path
+) -> None:
+    cfg = make_config(tmp_path, server.url)
+    pipeline = Pipeline(cfg, HOST)
+    run = submit_docs(pipeline, 300)
+    pipeline.close(30)
+    # Forget every acknowledgement, as if the collector died before writing the ack file.
+    (Path(cfg.spool.dir) / "ack.json").unlink()
+    dup_before = metric("audit_collector_shipped_duplicates_total")
+    replay = Pipeline(cfg, HOST)
+    replay.close(30)
+    # The spool keeps its newest segment, so all 300 records are sent again: all 409.
+    assert metric("audit_collector_shipped_duplicates_total") - dup_before == 300
+    assert sorted(stored(server)) == sorted(run.ids)
+
+
+def test_mapping_errors_go_to_the_dead_letter_file_and_are_reported(
+    server: ESTestServer, tmp_path: Path
+) -> None:
+    cfg = make_config(tmp_path, server.url)
+    setup_cluster(cfg)
+    server.mapping_errors(predicate=lambda item: item.source is not None
+                          and item.source.get("process", {}).get("pid", 0) % 50 == 7,
+                          reason="failed to parse field [process.pid]")
+    dead_before = metric("audit_collector_dead_letters_total")
+    pipeline = Pipeline(cfg, HOST)
+    run = submit_docs(pipeline, 1000)
+    pipeline.close(30)
+    rejected = [i for n, i in enumerate(run.ids) if (1000 + n) % 50 == 7]
+    synthetic, lost = split_stored(server)
+    assert len(rejected) == 20
+    assert sorted(synthetic) == sorted(set(run.ids) - set(rejected))
+    assert sorted(dead_letter_ids(cfg)) == sorted(rejected)
+    assert metric("audit_collector_dead_letters_total") - dead_before == 20
+    line = orjson.loads(Path(cfg.elasticsearch.dead_letter_file or "").read_bytes()
+                        .splitlines()[0])
+    assert line["status"] == 400 and "process.pid" in orjson.dumps(line["error"]).decode()
+    assert line["document"]["event"]["sequence"] == line["sequence"]
+    reported = sum(d["audit_collector"]["lost"]["documents"] for d in lost.values())
+    assert reported == 20
+    assert {d["audit_collector"]["lost"]["source"] for d in lost.values()} == {"dead_letter"}
+
+
+def test_bulk_body_uses_create_and_the_data_stream(server: ESTestServer, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, server.url)
+    pipeline = Pipeline(cfg, HOST)
+    submit_docs(pipeline, 10)
+    pipeline.close(30)
+    bulks = [r for r in server.request_log if r.endpoint == "bulk"]
+    assert bulks and all(r.path.startswith(f"/{DATA_STREAM}/_bulk") for r in bulks)
+    assert server.counter("bulk.items.created") == 10  # create, not index
+
+
+@pytest.mark.parametrize(("server_major", "api_version", "accepted"),
+                         [(8, 8, True), (8, 9, False), (9, 8, True), (9, 9, True)])
+def test_client_announces_the_configured_api_version(
+    tmp_path: Path, server_major: int, api_version: int, accepted: bool
+) -> None:
+    # A server of major N accepts compatible-with N or N-1: an 8 server refusing the
+    # api_version 9 client proves the client really sends 9.
+    with ESTestServer(major=server_major) as srv:
+        client = build_client(make_config(tmp_path, srv.url, es={"api_version": api_version}))
+        if accepted:
+            assert client.info().body["version"]["number"].startswith(f"{server_major}.")
+        else:
+            with pytest.raises(BadRequestError, match="media_type_header_exception"):
+                client.info()
+
+
+def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Path) -> None:
+    sizes = {}
+    for gzip in (True, False):
+        server.reset()
+        cfg = make_config(tmp_path / str(gzip), server.url, es={"gzip": gzip})
+        pipeline = Pipeline(cfg, HOST)
+        submit_docs(pipeline, 500)
+        pipeline.close(30)
+        sizes[gzip] = sum(r.bytes_in for r in server.request_log if r.endpoint == "bulk")
+        assert len(stored(server)) == 500
+    assert sizes[True] * 3 < sizes[False]
+
+
+@pytest.mark.parametrize("gzip", [True, False], ids=["gzip", "plain"])
+def test_throughput(server: ESTestServer, tmp_path: Path, gzip: bool) -> None:
+    """Docs/s from submit to acknowledged by the test server, one process (printed)."""
+    count = 20000
+    cfg = make_config(tmp_path, server.url, es={"gzip": gzip},
+                      batch={"max_docs": 1000, "max_wait_s": 1.0},
+                      spool={"fsync": "batch"})
+    pipeline = Pipeline(cfg, HOST)
+    started = time.monotonic()
+    submit_docs(pipeline, count, tick_every=500)
+    pipeline.close(120)
+    elapsed = time.monotonic() - started
+    assert len(stored(server)) == count
+    print(f"\nthroughput gzip={'on' if gzip else 'off'}: {count / elapsed:,.0f} docs/s "
+          f"({count} docs in {elapsed:.2f}s)")

@@ -1,0 +1,179 @@
+"""The durable spool: records, acks, torn tails, size bound and full disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.config import SpoolConfig
+from collector.metrics import REGISTRY
+from collector.spool import HEADER_SIZE, Spool
+
+PAYLOAD = b'{"event":{"sequence":%d},"pad":"' + b"p" * 200 + b'"}'
+
+
+def spool_cfg(path: Path, **overrides: object) -> SpoolConfig:
+    values: dict[str, object] = {"dir": str(path), "max_bytes": 1 << 20,
+                                 "segment_bytes": 16 << 10, "fsync": "batch"}
+    values.update(overrides)
+    return SpoolConfig(**values)  # type: ignore[arg-type]
+
+
+def fill(spool: Spool, first: int, last: int) -> list[bool]:
+    results = [spool.append(seq, f"id-{seq}", PAYLOAD % seq) for seq in range(first, last + 1)]
+    spool.flush()
+    return results
+
+
+def read_all(spool: Spool) -> list[int]:
+    seqs: list[int] = []
+    while batch := spool.read_batch(100, 1 << 20):
+        seqs.extend(r.seq for r in batch)
+        spool.ack(batch)
+    return seqs
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("seg-*.spool"))
+
+
+def dropped(reason: str) -> float:
+    return REGISTRY.counter("audit_collector_spool_dropped_total", "").get(reason=reason)
+
+
+def test_restart_resumes_at_first_unacknowledged_record(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path))
+    fill(spool, 1, 300)
+    batch = spool.read_batch(120, 1 << 20)
+    assert [r.seq for r in batch] == list(range(1, 121))
+    assert batch[0].id == "id-1" and batch[0].data == PAYLOAD % 1
+    spool.ack(batch)
+    unacked = spool.read_batch(50, 1 << 20)  # read, never acknowledged
+    assert unacked[0].seq == 121
+    spool.close()
+
+    again = Spool(spool_cfg(tmp_path))
+    assert again.pending()[0] == 180
+    assert again.last_record is not None and again.last_record.seq == 300
+    assert read_all(again) == list(range(121, 301))
+    assert len(segments(tmp_path)) == 1  # acknowledged segments are deleted
+
+
+def test_records_are_invisible_to_the_shipper_until_flushed(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path))
+    spool.append(1, "id-1", b"{}")
+    assert spool.read_batch(10, 1 << 20) == []
+    spool.flush()
+    assert [r.seq for r in spool.read_batch(10, 1 << 20)] == [1]
+
+
+def test_torn_tail_is_cut_and_good_records_kept(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
+    fill(spool, 1, 50)
+    spool.close()
+    newest = segments(tmp_path)[-1]
+    good_size = newest.stat().st_size
+    with open(newest, "ab") as handle:  # half a record, as after SIGKILL mid-write
+        handle.write(b"\xff\x00\x00\x00\x12\x34")
+    corrupt = REGISTRY.counter("audit_collector_spool_corrupt_bytes_total", "")
+    before = corrupt.total()
+
+    again = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
+    assert corrupt.total() - before == 6
+    assert newest.stat().st_size == good_size
+    assert again.take_losses() == []
+    fill(again, 51, 60)
+    assert read_all(again) == list(range(1, 61))
+
+
+def test_flipped_byte_in_older_segment_reports_the_unreadable_range(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path))
+    fill(spool, 1, 200)
+    spool.close()
+    oldest = segments(tmp_path)[0]
+    raw = bytearray(oldest.read_bytes())
+    raw[HEADER_SIZE + 20 * 250] ^= 0xFF  # somewhere around the 20th record
+    oldest.write_bytes(bytes(raw))
+
+    again = Spool(spool_cfg(tmp_path))
+    losses = again.take_losses()
+    seqs = read_all(again)
+    assert len(losses) == 1 and losses[0].reason == "corrupt"
+    lost = set(range(losses[0].first_seq, losses[0].last_seq + 1))
+    assert sorted(set(seqs) | lost) == list(range(1, 201))
+    assert not set(seqs) & lost
+
+
+def test_drop_oldest_reports_exact_runs_and_spares_the_batch_in_flight(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path, max_bytes=64 << 10, segment_bytes=16 << 10))
+    before = dropped("drop-oldest")
+    fill(spool, 1, 100)
+    in_flight = spool.read_batch(10, 1 << 20)  # pins the oldest segment
+    results = fill(spool, 101, 600)
+    assert all(results)
+    losses = spool.take_losses()
+    lost = {s for loss in losses for s in range(loss.first_seq, loss.last_seq + 1)}
+    assert all(loss.reason == "drop-oldest" for loss in losses)
+    assert dropped("drop-oldest") - before == len(lost)
+    assert not lost & {r.seq for r in in_flight}
+    assert losses[-1].last_data == PAYLOAD % losses[-1].last_seq
+    spool.ack(in_flight)
+    remaining = read_all(spool)
+    assert sorted(set(remaining) | lost | set(range(1, 11))) == list(range(1, 601))
+    assert sum(p.stat().st_size for p in segments(tmp_path)) <= 64 << 10
+
+
+def test_drop_newest_refuses_and_reports_one_run(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path, max_bytes=64 << 10, segment_bytes=16 << 10,
+                            full_policy="drop-newest"))
+    results = fill(spool, 1, 600)
+    accepted = [seq for seq, ok in zip(range(1, 601), results, strict=True) if ok]
+    assert accepted == list(range(1, len(accepted) + 1))
+    [loss] = spool.take_losses()
+    assert (loss.first_seq, loss.last_seq, loss.reason) == (len(accepted) + 1, 600,
+                                                            "drop-newest")
+    assert spool.append(601, "report", b"{}", report=True)  # the reserve takes reports
+    spool.flush()
+    assert read_all(spool) == [*accepted, 601]
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest"])
+def test_full_disk_applies_the_policy(tmp_path: Path, policy: str) -> None:
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        # max_bytes above the file system size: ENOSPC comes first.
+        spool = Spool(spool_cfg(fs / "spool", max_bytes=8 << 20, segment_bytes=32 << 10,
+                                full_policy=policy))
+        results = fill(spool, 1, 2000)
+        losses = spool.take_losses()
+        lost = {s for loss in losses for s in range(loss.first_seq, loss.last_seq + 1)}
+        accepted = {seq for seq, ok in zip(range(1, 2001), results, strict=True) if ok}
+        kept = set(read_all(spool))
+        spool.close()
+        assert lost, "the file system must have filled"
+        assert kept | lost == set(range(1, 2001)) and not kept & lost
+        if policy == "drop-newest":
+            assert kept == accepted and min(lost) > max(kept)
+            assert {loss.reason for loss in losses} == {"drop-newest"}
+        else:
+            assert max(kept) == 2000  # the newest records survive
+            assert {loss.reason for loss in losses} == {"drop-oldest"}
+        assert os.statvfs(fs).f_bavail >= 0
