@@ -9,6 +9,7 @@ from __future__ import annotations
 
 ECS_VERSION = "8.11.0"
 CUSTOM_ROOT = "audit_collector"
+NS_KINDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup")
 
 # dotted path -> (mapping type, description)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -85,22 +86,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.ns.changed": ("keyword", "Namespace kinds whose inode changed"),
     "audit_collector.ns.fd": ("long", "setns file descriptor"),
     "audit_collector.ns.child_pid": ("long", "clone: the new child's pid"),
-    "audit_collector.ns.before.pid": ("long", "Inodes before the syscall"),
-    "audit_collector.ns.before.pid_for_children": ("long", ""),
-    "audit_collector.ns.before.mnt": ("long", ""),
-    "audit_collector.ns.before.net": ("long", ""),
-    "audit_collector.ns.before.uts": ("long", ""),
-    "audit_collector.ns.before.ipc": ("long", ""),
-    "audit_collector.ns.before.user": ("long", ""),
-    "audit_collector.ns.before.cgroup": ("long", ""),
-    "audit_collector.ns.after.pid": ("long", "Inodes after the syscall (the child's for clone)"),
-    "audit_collector.ns.after.pid_for_children": ("long", ""),
-    "audit_collector.ns.after.mnt": ("long", ""),
-    "audit_collector.ns.after.net": ("long", ""),
-    "audit_collector.ns.after.uts": ("long", ""),
-    "audit_collector.ns.after.ipc": ("long", ""),
-    "audit_collector.ns.after.user": ("long", ""),
-    "audit_collector.ns.after.cgroup": ("long", ""),
+    **{f"audit_collector.ns.{when}.{kind}": ("long", f"{kind} namespace inode {text}")
+       for when, text in (("before", "before the syscall"),
+                          ("after", "after it (the child's, for clone)"))
+       for kind in NS_KINDS},
     "audit_collector.ns.target.container_id": ("keyword", "Container of the entered namespaces"),
     "audit_collector.ns.target.pid": ("long", "A process already in the entered namespaces"),
     "audit_collector.bash.line": ("wildcard", "The line readline returned"),

@@ -162,7 +162,10 @@ class Pipeline:
             if not self._spool.can_take(REPORT_SIZE_ESTIMATE, report=True):
                 return  # drop-newest and full even with the reserve: try again later
             loss, source = self._held_losses.pop(0)
-            self._emit_report(loss, source)
+            if not self._emit_report(loss, source):
+                self._held_losses.insert(0, (loss, source))  # disk full: retry later
+                self._collect_losses()
+                return
             self._collect_losses()  # the report itself may have pushed out older records
 
     def _collect_losses(self) -> None:
@@ -170,10 +173,20 @@ class Pipeline:
         acked = self._spool.acked_seq
         self._in_flight_reports = [r for r in self._in_flight_reports if r.seq > acked]
         for loss in self._spool.take_losses():
-            self._held_losses.append((loss, "spool"))
+            self._hold(loss, "spool")
             self._held_losses.extend(self._swallowed_reports(loss))
         for loss in self._shipper.take_rejections():
-            self._held_losses.append((loss, SOURCE_BY_REASON.get(loss.reason, "spool")))
+            self._hold(loss, SOURCE_BY_REASON.get(loss.reason, "spool"))
+
+    def _hold(self, loss: DroppedRange, source: str) -> None:
+        """Queue a loss for reporting, extending the last queued run when contiguous."""
+        if self._held_losses:
+            last, last_source = self._held_losses[-1]
+            if (last_source == source and last.reason == loss.reason
+                    and last.last_seq + 1 == loss.first_seq):
+                last.last_seq, last.last_data = loss.last_seq, loss.last_data
+                return
+        self._held_losses.append((loss, source))
 
     def _swallowed_reports(self, loss: DroppedRange) -> list[tuple[DroppedRange, str]]:
         """Earlier reports that this drop removed before they were shipped: report again."""
@@ -183,7 +196,7 @@ class Pipeline:
             self._in_flight_reports.remove(report)
         return [(r.loss, r.source) for r in swallowed]
 
-    def _emit_report(self, loss: DroppedRange, source: str) -> None:
+    def _emit_report(self, loss: DroppedRange, source: str) -> bool:
         extra: dict[str, Any] = {
             "first_sequence": loss.first_seq,
             "last_sequence": loss.last_seq,
@@ -194,7 +207,9 @@ class Pipeline:
             extra["last_chain_hash"] = point.hash
         doc = self.lost_document({"documents": loss.count}, source, extra)
         sealed = self._sealer.seal(doc)
+        if not self._write(sealed, report=True):
+            return False
         self._in_flight_reports.append(_Report(sealed.seq, loss, source))
         log.warning("%d documents lost (%s, %s), sequences %d..%d", loss.count, source,
                     loss.reason, loss.first_seq, loss.last_seq)
-        self._write(sealed, report=True)
+        return True

@@ -416,3 +416,67 @@ def test_copy_of_bash_elsewhere_gets_probed(agent: RunningAgent, tmp_path: Path)
 def test_no_events_lost_in_normal_operation(agent: RunningAgent) -> None:
     assert not [d for d in agent.sink.docs if d["event"]["action"] == "events_lost"]
     assert agent.agent.probes.lost_counts() == {"exec": 0, "namespace": 0, "bash": 0}
+
+
+def test_documents_use_only_documented_fields(agent: RunningAgent) -> None:
+    from test_fields import leaf_paths
+
+    from collector.fields import FIELDS
+
+    used: set[str] = set()
+    for doc in agent.sink.docs:
+        used |= leaf_paths(doc)
+    assert used - set(FIELDS) == set()
+    assert len(agent.sink.docs) > 20
+
+
+@pytest.fixture
+def docker_like_cgroup(agent: RunningAgent) -> Iterator[tuple[Path, str]]:
+    """A cgroup named the way docker's systemd driver names one, in the reported hierarchy."""
+    container_id = uuid.uuid4().hex + uuid.uuid4().hex
+    mount = Path(agent.agent.probes.spec.cgroup_mount)
+    path = mount / "system.slice" / f"docker-{container_id}.scope"
+    path.mkdir(parents=True)
+    try:
+        yield path, container_id
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            subprocess.run(["kill", "-9", pid], check=False)
+        time.sleep(0.2)
+        path.rmdir()
+
+
+def test_container_id_from_the_cgroup(agent: RunningAgent,
+                                      docker_like_cgroup: tuple[Path, str]) -> None:
+    path, container_id = docker_like_cgroup
+    mark = marker()
+    # The child moves itself into the cgroup, then execs: the kernel reports that cgroup.
+    script = f"echo $$ > {path}/cgroup.procs && exec /bin/true {mark}"
+    subprocess.run(["/bin/sh", "-c", script], check=True)
+    (doc,) = execs_with(agent, mark, "/bin/true")
+    assert doc["container"] == {"id": container_id, "runtime": "docker"}
+    mount = Path(agent.agent.probes.spec.cgroup_mount)
+    assert doc["audit_collector"]["cgroup"]["path"] == "/" + str(path.relative_to(mount))
+    assert doc["audit_collector"]["cgroup"]["id"] == os.stat(path).st_ino
+
+
+def test_nsenter_names_the_container_entered(agent: RunningAgent,
+                                             docker_like_cgroup: tuple[Path, str]) -> None:
+    path, container_id = docker_like_cgroup
+    mark = f"0.{uuid.uuid4().int % 10**12:012d}"
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", f"echo $$ > {path}/cgroup.procs && exec unshare --uts --mount "
+         f"--fork /bin/sleep 60 {mark}"])
+    try:
+        (doc,) = execs_with(agent, mark, "/bin/sleep")
+        assert doc["container"]["id"] == container_id
+        pid = doc["process"]["pid"]
+        subprocess.run(["nsenter", "-t", str(pid), "--uts", "--mount", "/bin/true"], check=True)
+        uts = os.stat(f"/proc/{pid}/ns/uts").st_ino
+        setns = agent.sink.wait_for(
+            lambda d: d["event"]["action"] == "setns"
+            and d["audit_collector"]["ns"].get("after", {}).get("uts") == uts)
+        assert setns[0]["audit_collector"]["ns"]["target"]["container_id"] == container_id
+    finally:
+        proc.kill()
+        proc.wait()
