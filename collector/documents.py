@@ -100,6 +100,22 @@ def errno_name(retval: int) -> str:
     return errno.errorcode.get(-retval, f"E{-retval}")
 
 
+CACHE_LIMIT = 4096
+DATASETS = {"exec": "audit_collector.process", "setns": "audit_collector.namespace",
+            "unshare": "audit_collector.namespace", "clone": "audit_collector.namespace",
+            "bash_command": "audit_collector.bash"}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()  # simple and bounded; refilling is cheap
+    cache[key] = value
+
+
+def _named(ident: int, name: str | None) -> Doc:
+    return {"id": str(ident), "name": name} if name is not None else {"id": str(ident)}
+
+
 def _prune(value: Any) -> Any:
     """Drop None values and empty objects so documents carry only what is known."""
     if isinstance(value, dict):
@@ -128,19 +144,35 @@ class DocumentBuilder:
         return self.bash_document(event)
 
     # -- common parts
+    #
+    # An exec storm repeats the same users, cgroups and namespaces thousands of times a
+    # second, so those sub-objects are built once and shared by the documents (read-only).
 
-    def base(self, who: Who, action: str, category: str, etype: str, outcome: str) -> Doc:
-        cgroup_path = self.cgroups.path(who.cgroup_id, who.cgroup_name.decode("utf-8", "replace"))
-        container = container_from_cgroup(cgroup_path) or container_from_cgroup(
-            "/" + who.cgroup_name.decode("utf-8", "replace")
-        )
-        differ = self.host_ns.differing(who.namespaces)
-        self._learn_namespaces(who, container)
-        doc: Doc = {
-            "@timestamp": iso_utc_ns(self.clock.to_wall_ns(who.ktime_ns)),
+    def __post_init__(self) -> None:
+        self._static = {
             "ecs": {"version": ECS_VERSION},
             "agent": {"type": "audit-collector", "version": __version__, "name": self.host.name},
             "host": self.host.ecs(),
+        }
+        self._cgroup_cache: dict[int, tuple[Doc, Doc | None]] = {}
+        self._ns_cache: dict[tuple[int, ...], Doc] = {}
+        self._user_cache: dict[tuple[int, int, int | None], Doc] = {}
+        self._group_cache: dict[int, Doc] = {}
+
+    def base(self, who: Who, action: str, category: str, etype: str, outcome: str) -> Doc:
+        cgroup, container = self._cgroup(who)
+        custom: Doc = {"cgroup": cgroup, "vpid": who.vpid, "namespaces": self._namespaces(
+            who, container)}
+        if who.sessionid is not None:
+            custom["session_id"] = who.sessionid
+        if who.tty:
+            custom["tty"] = {"name": tty_display_name(who.tty[0])}
+        uts = self._uts_hostname(who)
+        if uts:
+            custom["uts_hostname"] = uts
+        doc: Doc = {
+            "@timestamp": iso_utc_ns(self.clock.to_wall_ns(who.ktime_ns)),
+            **self._static,
             "event": {
                 "kind": "event",
                 "category": [category],
@@ -148,27 +180,45 @@ class DocumentBuilder:
                 "action": action,
                 "outcome": outcome,
                 "module": "audit_collector",
-                "dataset": f"audit_collector.{category if action != 'bash_command' else 'bash'}",
+                "dataset": DATASETS[action],
                 "created": iso_utc_ns(time.time_ns()),
             },
             "process": self._process(who),
             "user": self._user(who),
-            "group": {"id": str(who.gid), "name": self.names.group(who.gid)},
-            "container": _container(container),
-            CUSTOM_ROOT: {
-                "session_id": who.sessionid,
-                "tty": {"name": tty_display_name(who.tty[0])} if who.tty else None,
-                "cgroup": {"path": cgroup_path, "id": who.cgroup_id},
-                "uts_hostname": self._uts_hostname(who),
-                "vpid": who.vpid,
-                "namespaces": {
-                    **{k: who.namespaces.get(k) or None for k in NS_KINDS_REPORTED},
-                    "host": not differ,
-                    "differ": differ or None,
-                },
-            },
+            "group": self._group(who.gid),
+            CUSTOM_ROOT: custom,
         }
+        if container:
+            doc["container"] = container
         return doc
+
+    def _cgroup(self, who: Who) -> tuple[Doc, Doc | None]:
+        hit = self._cgroup_cache.get(who.cgroup_id)
+        if hit is not None:
+            return hit
+        leaf = who.cgroup_name.decode("utf-8", "replace")
+        path = self.cgroups.path(who.cgroup_id, leaf)
+        found = container_from_cgroup(path) or container_from_cgroup("/" + leaf)
+        result = ({"path": path, "id": who.cgroup_id}, _container(found))
+        if not path.startswith("..."):  # only resolved paths are final
+            _remember(self._cgroup_cache, who.cgroup_id, result)
+        return result
+
+    def _namespaces(self, who: Who, container: Doc | None) -> Doc:
+        key = tuple(who.namespaces[k] for k in NS_KINDS_REPORTED)
+        hit = self._ns_cache.get(key)
+        if hit is not None:
+            return hit
+        differ = self.host_ns.differing(who.namespaces)
+        ns: Doc = {k: v for k, v in zip(NS_KINDS_REPORTED, key, strict=True) if v}
+        ns["host"] = not differ
+        if differ:
+            ns["differ"] = differ
+        found = Container(container["id"], container["runtime"]) if container else None
+        for kind in ("mnt", "pid", "net", "uts", "ipc"):
+            self.owners.learn(kind, who.namespaces.get(kind, 0), who.pid, found)
+        _remember(self._ns_cache, key, ns)
+        return ns
 
     def _process(self, who: Who) -> Doc:
         process: Doc = {
@@ -183,22 +233,27 @@ class DocumentBuilder:
         return process
 
     def _user(self, who: Who) -> Doc:
-        user: Doc = {
-            "id": str(who.uid),
-            "name": self.names.user(who.uid),
-            "effective": {"id": str(who.euid), "name": self.names.user(who.euid)},
-        }
+        key = (who.uid, who.euid, who.auid)
+        hit = self._user_cache.get(key)
+        if hit is not None:
+            return hit
+        user: Doc = _named(who.uid, self.names.user(who.uid))
+        user["effective"] = _named(who.euid, self.names.user(who.euid))
         if who.auid is not None:
-            user["audit"] = {"id": str(who.auid), "name": self.names.user(who.auid)}
+            user["audit"] = _named(who.auid, self.names.user(who.auid))
+        _remember(self._user_cache, key, user)
         return user
+
+    def _group(self, gid: int) -> Doc:
+        hit = self._group_cache.get(gid)
+        if hit is None:
+            hit = _named(gid, self.names.group(gid))
+            _remember(self._group_cache, gid, hit)
+        return hit
 
     def _uts_hostname(self, who: Who) -> str | None:
         name = who.uts_name.decode("utf-8", "replace")
         return name if name and name != self.host.name else None
-
-    def _learn_namespaces(self, who: Who, container: Container | None) -> None:
-        for kind in ("mnt", "pid", "net", "uts", "ipc"):
-            self.owners.learn(kind, who.namespaces.get(kind, 0), who.pid, container)
 
     # -- exec
 
@@ -226,7 +281,7 @@ class DocumentBuilder:
         if event.retval != 0:
             doc["error"] = {"code": errno_name(event.retval), "message": os.strerror(-event.retval)}
         doc["message"] = f"exec {process['command_line']}"[:1024]
-        return _prune(doc)
+        return doc
 
     # -- namespaces
 
@@ -253,12 +308,12 @@ class DocumentBuilder:
         }
         if event.syscall == "setns" and after:
             ns["target"] = self._setns_target(after, changed)
-        doc[CUSTOM_ROOT]["ns"] = ns
+        doc[CUSTOM_ROOT]["ns"] = _prune(ns)
         if outcome == "failure":
             doc["error"] = {"code": errno_name(event.retval), "message": os.strerror(-event.retval)}
         doc["process"]["exit_code"] = event.retval
         doc["message"] = f"{event.syscall} {','.join(kinds) or '-'} {outcome}"
-        return _prune(doc)
+        return doc
 
     def _setns_target(self, after: dict[str, int], changed: list[str]) -> Doc | None:
         for kind in ("mnt", "pid_for_children", "net", "uts", "ipc"):
@@ -282,7 +337,7 @@ class DocumentBuilder:
             "escaped": escaped,
         }
         doc["message"] = line
-        return _prune(doc)
+        return doc
 
 
 def _container(container: Container | None) -> Doc | None:

@@ -43,10 +43,16 @@ class WallClock:
         return ktime_ns + self._offset_ns
 
 
+_last_second: list[object] = [None, ""]  # (second, its formatted prefix): one strftime a second
+
+
 def iso_utc_ns(wall_ns: int) -> str:
     """RFC 3339 with nanoseconds, the precision Elasticsearch's date_nanos keeps."""
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    if _last_second[0] != seconds:
+        _last_second[0] = seconds
+        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{_last_second[1]}.{nanos:09d}Z"
 
 
 # --------------------------------------------------------------------------- names

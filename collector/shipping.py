@@ -93,6 +93,15 @@ def bulk_body(records: list[Record]) -> bytes:
     return b"".join(parts)
 
 
+def _is_loss_report(data: bytes) -> bool:
+    if b"events_lost" not in data:
+        return False
+    try:
+        return orjson.loads(data).get("event", {}).get("action") == "events_lost"
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+
+
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, TransportError | ApiError | _BadResponse)
 
@@ -344,6 +353,12 @@ class Shipper:
         for rec, status, error in rejected:
             self.dead_letters.write(rec, status, error)
             self._settled.add(rec.id)
+            if _is_loss_report(rec.data):
+                # Reporting a rejected report would be rejected again: a loop. The dead
+                # letter file and the counter are its record.
+                log.error("events_lost document %s rejected (HTTP %d): %s", rec.id, status,
+                          error)
+                continue
             if runs and runs[-1].last_seq + 1 == rec.seq:
                 runs[-1].last_seq, runs[-1].last_data = rec.seq, rec.data
             else:
