@@ -1,13 +1,13 @@
 """Raw ring-buffer records -> typed events.
 
-The ctypes layouts below mirror the structs in bpf/*.c field for field (same order, natural
-alignment); `tests/test_decoding.py` checks their sizes against the C side. Records arrive
+The struct formats below mirror the structs in bpf/*.c field for field (same order, natural
+alignment); tests compare their sizes with the types BCC builds from the C. Records arrive
 trimmed to what was captured, so variable tails (argv, the bash line) are sliced from bytes.
 """
 
 from __future__ import annotations
 
-import ctypes
+import struct
 from dataclasses import dataclass
 
 KIND_EXEC = 1
@@ -21,82 +21,27 @@ UNSET_ID = 0xFFFFFFFF  # (u32)-1: login uid / session id never set
 NS_FIELDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup")
 
 
-class NsSet(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint32) for name in NS_FIELDS]
-
-
-class Identity(ctypes.Structure):
-    _fields_ = [
-        ("ktime_ns", ctypes.c_uint64),
-        ("cgroup_id", ctypes.c_uint64),
-        ("pid", ctypes.c_uint32),
-        ("tid", ctypes.c_uint32),
-        ("ppid", ctypes.c_uint32),
-        ("vpid", ctypes.c_uint32),
-        ("uid", ctypes.c_uint32),
-        ("euid", ctypes.c_uint32),
-        ("gid", ctypes.c_uint32),
-        ("egid", ctypes.c_uint32),
-        ("auid", ctypes.c_uint32),
-        ("sessionid", ctypes.c_uint32),
-        ("tty_major", ctypes.c_uint32),
-        ("tty_minor", ctypes.c_uint32),
-        ("tty_index", ctypes.c_int32),
-        ("pad0", ctypes.c_uint32),
-        ("ns", NsSet),
-        ("comm", ctypes.c_char * 16),
-        ("tty_name", ctypes.c_char * 32),
-        ("cgroup_name", ctypes.c_char * 128),
-        ("uts_name", ctypes.c_char * 65),
-        ("pad1", ctypes.c_char * 7),
-    ]
-
-
-class ExecHeader(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_uint32),
-        ("syscall", ctypes.c_uint32),
-        ("retval", ctypes.c_int32),
-        ("argc", ctypes.c_uint32),
-        ("args_len", ctypes.c_uint32),
-        ("args_truncated", ctypes.c_uint32),
-        ("args_fault", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("id", Identity),
-        ("filename", ctypes.c_char * 512),
-    ]
-
-
-class NsRecord(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_uint32),
-        ("syscall", ctypes.c_uint32),
-        ("retval", ctypes.c_int32),
-        ("fd", ctypes.c_int32),
-        ("flags", ctypes.c_uint64),
-        ("child_pid", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("before", NsSet),
-        ("after", NsSet),
-        ("id", Identity),
-    ]
-
-
-class BashHeader(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_uint32),
-        ("line_len", ctypes.c_uint32),
-        ("truncated", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("id", Identity),
-    ]
+# struct identity: ktime_ns, cgroup_id, then pid..pad0 (14 x u32/s32), struct ns_set
+# (8 x u32), comm[16], tty_name[32], cgroup_name[128], uts_name[65], pad1[7].
+IDENTITY = struct.Struct("<QQ12Ii4x8I16s32s128s65s7x")
+# struct exec_event header: kind, syscall, retval, argc, args_len, args_truncated,
+# args_fault, pad; identity; filename[512]; then args[] follows.
+EXEC_HEADER = struct.Struct("<IIiIIII4x")
+FILENAME_LEN = 512
+EXEC_ARGS_OFFSET = EXEC_HEADER.size + IDENTITY.size + FILENAME_LEN
+# struct ns_event: kind, syscall, retval, fd, flags, child_pid, pad, before, after; identity.
+NS_HEADER = struct.Struct("<IIiiQI4x8I8I")
+NS_RECORD_SIZE = NS_HEADER.size + IDENTITY.size
+# struct bash_event: kind, line_len, truncated, pad; identity; then line[].
+BASH_HEADER = struct.Struct("<III4x")
+BASH_LINE_OFFSET = BASH_HEADER.size + IDENTITY.size
 
 
 class DecodeError(ValueError):
     """A record that does not fit any known layout (counted, never fatal)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Who:
     """Identity of the task an event happened in (see struct identity)."""
 
@@ -119,7 +64,7 @@ class Who:
     uts_name: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ExecEvent:
     who: Who
     syscall: str
@@ -132,7 +77,7 @@ class ExecEvent:
     args_fault: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NamespaceEvent:
     who: Who
     syscall: str
@@ -144,7 +89,7 @@ class NamespaceEvent:
     after: dict[str, int]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BashEvent:
     who: Who
     line: bytes
@@ -154,39 +99,31 @@ class BashEvent:
 Event = ExecEvent | NamespaceEvent | BashEvent
 
 
-def _ns_dict(ns: NsSet) -> dict[str, int]:
-    return {name: getattr(ns, name) for name in NS_FIELDS}
+def _cstr(raw: bytes) -> bytes:
+    return raw.split(b"\0", 1)[0]
 
 
-def _who(raw: Identity) -> Who:
+def _who(data: bytes, offset: int) -> Who:
+    if len(data) < offset + IDENTITY.size:
+        raise DecodeError(f"record of {len(data)} bytes is too short for its identity")
+    (ktime, cgroup_id, pid, tid, ppid, vpid, uid, euid, gid, egid, auid, sessionid,
+     tty_major, tty_minor, tty_index, *rest) = IDENTITY.unpack_from(data, offset)
+    ns_values, (comm, tty_name, cgroup_name, uts_name) = rest[:8], rest[8:]
     tty = None
-    if raw.tty_index >= 0:
-        tty = (raw.tty_name.decode("ascii", "replace"), raw.tty_major, raw.tty_minor)
+    if tty_index >= 0:
+        tty = (_cstr(tty_name).decode("ascii", "replace"), tty_major, tty_minor)
     return Who(
-        ktime_ns=raw.ktime_ns,
-        pid=raw.pid,
-        tid=raw.tid,
-        ppid=raw.ppid,
-        vpid=raw.vpid,
-        uid=raw.uid,
-        euid=raw.euid,
-        gid=raw.gid,
-        egid=raw.egid,
-        auid=None if raw.auid == UNSET_ID else raw.auid,
-        sessionid=None if raw.sessionid == UNSET_ID else raw.sessionid,
+        ktime_ns=ktime, pid=pid, tid=tid, ppid=ppid, vpid=vpid, uid=uid, euid=euid,
+        gid=gid, egid=egid,
+        auid=None if auid == UNSET_ID else auid,
+        sessionid=None if sessionid == UNSET_ID else sessionid,
         tty=tty,
-        namespaces=_ns_dict(raw.ns),
-        comm=raw.comm,
-        cgroup_id=raw.cgroup_id,
-        cgroup_name=raw.cgroup_name,
-        uts_name=raw.uts_name,
+        namespaces=dict(zip(NS_FIELDS, ns_values, strict=True)),
+        comm=_cstr(comm),
+        cgroup_id=cgroup_id,
+        cgroup_name=_cstr(cgroup_name),
+        uts_name=_cstr(uts_name),
     )
-
-
-def _header(cls: type[ctypes.Structure], data: bytes) -> ctypes.Structure:
-    if len(data) < ctypes.sizeof(cls):
-        raise DecodeError(f"{cls.__name__}: record of {len(data)} bytes is too short")
-    return cls.from_buffer_copy(data[: ctypes.sizeof(cls)])
 
 
 def split_args(blob: bytes) -> list[bytes]:
@@ -199,40 +136,48 @@ def split_args(blob: bytes) -> list[bytes]:
 
 
 def decode_exec(data: bytes) -> ExecEvent:
-    head = _header(ExecHeader, data)
-    tail = data[ctypes.sizeof(ExecHeader):][: head.args_len]
+    if len(data) < EXEC_ARGS_OFFSET:
+        raise DecodeError(f"exec record of {len(data)} bytes is too short")
+    (_kind, syscall, retval, argc, args_len, truncated, fault) = EXEC_HEADER.unpack_from(data)
+    who = _who(data, EXEC_HEADER.size)
+    filename = _cstr(data[EXEC_ARGS_OFFSET - FILENAME_LEN:EXEC_ARGS_OFFSET])
+    tail = data[EXEC_ARGS_OFFSET:EXEC_ARGS_OFFSET + args_len]
     return ExecEvent(
-        who=_who(head.id),
-        syscall=EXEC_SYSCALLS[head.syscall] if head.syscall < 2 else str(head.syscall),
-        retval=head.retval,
-        filename=head.filename,
+        who=who,
+        syscall=EXEC_SYSCALLS[syscall] if syscall < 2 else str(syscall),
+        retval=retval,
+        filename=filename,
         args=split_args(tail),
-        argc=head.argc,
-        args_truncated=bool(head.args_truncated),
+        argc=argc,
+        args_truncated=bool(truncated),
         args_captured_bytes=len(tail),
-        args_fault=bool(head.args_fault),
+        args_fault=bool(fault),
     )
 
 
 def decode_namespace(data: bytes) -> NamespaceEvent:
-    rec = _header(NsRecord, data)
-    syscall = NS_SYSCALLS[rec.syscall] if rec.syscall < len(NS_SYSCALLS) else str(rec.syscall)
+    if len(data) < NS_RECORD_SIZE:
+        raise DecodeError(f"namespace record of {len(data)} bytes is too short")
+    (_kind, syscall_no, retval, fd, flags, child_pid, *inodes) = NS_HEADER.unpack_from(data)
+    syscall = NS_SYSCALLS[syscall_no] if syscall_no < len(NS_SYSCALLS) else str(syscall_no)
     return NamespaceEvent(
-        who=_who(rec.id),
+        who=_who(data, NS_HEADER.size),
         syscall=syscall,
-        retval=rec.retval,
-        fd=rec.fd if syscall == "setns" else None,
-        flags=rec.flags,
-        child_pid=rec.child_pid or None,
-        before=_ns_dict(rec.before),
-        after=_ns_dict(rec.after),
+        retval=retval,
+        fd=fd if syscall == "setns" else None,
+        flags=flags,
+        child_pid=child_pid or None,
+        before=dict(zip(NS_FIELDS, inodes[:8], strict=True)),
+        after=dict(zip(NS_FIELDS, inodes[8:], strict=True)),
     )
 
 
 def decode_bash(data: bytes) -> BashEvent:
-    head = _header(BashHeader, data)
-    line = data[ctypes.sizeof(BashHeader):][: head.line_len]
-    return BashEvent(who=_who(head.id), line=line, truncated=bool(head.truncated))
+    if len(data) < BASH_LINE_OFFSET:
+        raise DecodeError(f"bash record of {len(data)} bytes is too short")
+    (_kind, line_len, truncated) = BASH_HEADER.unpack_from(data)
+    line = data[BASH_LINE_OFFSET:BASH_LINE_OFFSET + line_len]
+    return BashEvent(who=_who(data, BASH_HEADER.size), line=line, truncated=bool(truncated))
 
 
 DECODERS = {KIND_EXEC: decode_exec, KIND_NS: decode_namespace, KIND_BASH: decode_bash}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from capture_support import Doc, RunningAgent
 
-from collector.decoding import BashHeader, ExecHeader, NsRecord
+from collector.decoding import BASH_LINE_OFFSET, EXEC_ARGS_OFFSET, NS_RECORD_SIZE
 from collector.documents import unescape_text
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
@@ -66,10 +66,13 @@ def test_record_layouts_match_the_bpf_structs(agent: RunningAgent) -> None:
     args_buf = agent.agent.probes.spec.cflags
     assert any(flag.startswith("-DARGS_BUF=") for flag in args_buf)
     exec_leaf = ctypes.sizeof(bpf[b"exec_zero"].Leaf)
-    assert exec_leaf == ctypes.sizeof(ExecHeader) + 2 * 16384
-    assert ctypes.sizeof(bpf[b"ns_pending"].Leaf) == ctypes.sizeof(NsRecord)
+    assert exec_leaf == EXEC_ARGS_OFFSET + 2 * 16384
+    assert ctypes.sizeof(bpf[b"ns_pending"].Leaf) == NS_RECORD_SIZE
     bash_leaf = ctypes.sizeof(bpf[b"bash_scratch"].sLeaf)
-    assert ctypes.sizeof(BashHeader) + 4096 + 1 <= bash_leaf < ctypes.sizeof(BashHeader) + 4105
+    assert BASH_LINE_OFFSET + 4096 + 1 <= bash_leaf < BASH_LINE_OFFSET + 4096 + 9
+    leaf = bpf[b"exec_zero"].Leaf
+    assert leaf.args.offset == EXEC_ARGS_OFFSET
+    assert bpf[b"bash_scratch"].sLeaf.line.offset == BASH_LINE_OFFSET
 
 
 # --------------------------------------------------------------------------- exec
