@@ -133,6 +133,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         e->args_truncated = 1;
     if (argc >= 0)
         e->argc = argc;
+    if (!e->filename[0]) {
+        /* execveat(fd, "", ..., AT_EMPTY_PATH): the kernel names it /dev/fd/N. */
+        char *name = KPTR(bprm, OFF_LINUX_BINPRM_FILENAME);
+        if (name)
+            bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), name);
+    }
     exec_emit(e, 0);
     exec_pending.delete(&old_tid);
     return 0;

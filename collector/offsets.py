@@ -85,6 +85,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("OFF_TASK_STRUCT_GROUP_LEADER", "task_struct", "group_leader"),
     # linux_binprm.argc: the true argument count of a successful exec (sched_process_exec).
     _f("OFF_LINUX_BINPRM_ARGC", "linux_binprm", "argc"),
+    # linux_binprm.filename: the name the kernel opened ("/dev/fd/N" for fexecve).
+    _f("OFF_LINUX_BINPRM_FILENAME", "linux_binprm", "filename"),
     # cred (kuid_t/kgid_t wrap the integer in .val)
     _f("OFF_CRED_UID", "cred", "uid.val", "uid"),
     _f("OFF_CRED_EUID", "cred", "euid.val", "euid"),

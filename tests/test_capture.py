@@ -483,3 +483,31 @@ def test_nsenter_names_the_container_entered(agent: RunningAgent,
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_fexecve_is_an_execveat(agent: RunningAgent) -> None:
+    mark = marker()
+    code = ("import os\n"
+            "fd = os.open('/bin/true', os.O_RDONLY)\n"
+            f"os.execve(fd, ['true', '{mark}'], {{}})\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    (doc,) = execs_with(agent, mark, "true")
+    assert doc["audit_collector"]["exec"]["syscall"] == "execveat"
+    assert doc["audit_collector"]["exec"]["filename"].startswith("/dev/fd/")
+    assert doc["event"]["outcome"] == "success"
+    assert doc["process"]["name"] == "true"
+
+
+def test_exec_from_a_non_leader_thread(agent: RunningAgent) -> None:
+    mark = marker()
+    code = ("import os, threading, sys\n"
+            "print(os.getpid(), flush=True)\n"
+            f"t = threading.Thread(target=os.execv, args=('/bin/true', ['/bin/true', '{mark}']))\n"
+            "t.start(); t.join()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    (doc,) = execs_with(agent, mark, "/bin/true")
+    assert doc["event"]["outcome"] == "success"
+    assert doc["process"]["pid"] == int(out.stdout)
+    # After exec the thread has become the leader: one thread, the process's own id.
+    assert doc["process"]["thread"]["id"] == int(out.stdout)
