@@ -281,6 +281,8 @@ class FieldMapper:
         # value types accepted without any further check (fast path of index_document)
         self.fast: frozenset[type] = _FAST_TYPES.get(self.type, _FAST_TYPES.get(self.kind,
                                                                                 frozenset()))
+        if self.kind == "long" and self.type != "long":
+            self.fast = frozenset()  # integer/short/byte/unsigned_long need range checks
 
     def to_dict(self) -> dict[str, Any]:
         return self.params

@@ -52,6 +52,7 @@ class RequestRecord:
     bytes_in: int
     fault: str | None
     items: int = 0
+    content_encoding: str | None = None
 
 
 # ============================================================================ media types
@@ -281,14 +282,28 @@ class _Handler(BaseHTTPRequestHandler):
         blob = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
         if not head:
             blob += data
+        self._status = status
+        self._finalize()
         try:
             self.wfile.write(blob)
         except OSError:
             self.close_connection = True
-        self._status = status
+
+    def _finalize(self) -> None:
+        """Account for the request (before the client can observe the outcome)."""
+        record = getattr(self, "_record", None)
+        if record is None:
+            return
+        self._record = None
+        es = self.server.es
+        record.status = self._status
+        if self._status is not None:
+            es._count(f"responses.{self._status}")
+        es._log(record)
 
     def _rst(self) -> None:
         """Abort the connection with a TCP RST and no response."""
+        self._finalize()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -302,7 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ request
     def _handle(self, method: str) -> None:
         es = self.server.es
-        self._status = None
+        self._status: int | None = None
+        self._record = None
         try:
             body = self._read_body()
         except (OSError, ValueError):
@@ -315,15 +331,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._admin(method, segs[1:], params, body)
             return
         endpoint = endpoint_of(segs)
-        record = RequestRecord(time.time(), method, self.path, endpoint, None, len(body), None)
+        record = RequestRecord(time.time(), method, self.path, endpoint, None, len(body), None,
+                               content_encoding=self.headers.get("Content-Encoding"))
         es._count("requests", f"requests.{endpoint}")
+        self._record: RequestRecord | None = record
         try:
             self._process(method, segs, params, body, endpoint, record)
         finally:
-            record.status = self._status
-            if self._status is not None:
-                es._count(f"responses.{self._status}")
-            es._log(record)
+            self._finalize()
 
     def _process(self, method: str, segs: list[str], params: dict[str, str], body: bytes,
                  endpoint: str, record: RequestRecord) -> None:
@@ -363,6 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._rst()
                 return
             if fault.kind == "down":
+                es._up_event.clear()  # is_down/wait_until_up see it before the client does
                 self._rst()
                 es.go_down(fault.seconds if fault.seconds > 0 else None)
                 return
@@ -720,7 +736,7 @@ class ESTestServer:
     # ------------------------------------------------------------------ up / down
     @property
     def is_down(self) -> bool:
-        return self._down
+        return self._running and (self._down or not self._up_event.is_set())
 
     def go_down(self, seconds: float | None = None, *, _keep: socket.socket | None = None
                 ) -> None:
@@ -977,6 +993,7 @@ class ESTestServer:
         if what == "down" and method == "POST":
             seconds = data.get("seconds") if isinstance(data, dict) else None
             secs = float(seconds) if seconds is not None else None
+            self._up_event.clear()
             return 200, {"acknowledged": True, "seconds": secs}, lambda: self.go_down(secs)
         if what == "docs" and method == "GET" and len(segs) >= 2:
             if len(segs) >= 3:
