@@ -96,7 +96,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.bash.line_truncated": ("boolean", "The line was cut at the bound"),
     "audit_collector.bash.line_bytes": ("long", "Bytes captured"),
     "audit_collector.bash.escaped": ("boolean", "The line had non-UTF-8 bytes (escaped)"),
-    "audit_collector.lost.source": ("keyword", "ringbuf or spool"),
+    "audit_collector.lost.source": ("keyword", "ringbuf, spool or dead_letter"),
+    "audit_collector.lost.reason": ("keyword", "Why: ring buffer full, spool policy, rejected"),
+    "audit_collector.lost.last_chain_hash": (
+        "keyword", "Chain hash of the last lost document: the prev of the next one"),
     "audit_collector.lost.exec": ("long", "Exec events lost since the last report"),
     "audit_collector.lost.namespace": ("long", "Namespace events lost since the last report"),
     "audit_collector.lost.bash": ("long", "Bash events lost since the last report"),

@@ -5,8 +5,10 @@ each item's outcome is handled here (not by helpers.bulk):
 
 * 2xx: stored. 409 (version_conflict_engine_exception): stored by an earlier attempt, a
   duplicate is counted and nothing more happens.
-* 429 and 5xx per item: retried with backoff, up to ``retry.item_attempts`` rounds; then the
-  batch is released and read again from the spool after a pause. Never dropped.
+* 429 and 5xx per item, and item errors about the cluster rather than the document
+  (index_not_found, cluster_block, security...): retried with backoff, up to
+  ``retry.item_attempts`` rounds; then the batch is released and read again from the spool
+  after a pause. Never dropped.
 * other 4xx per item (mapping and parsing errors): written to the dead-letter NDJSON file
   with the server's reason and status, counted, and reported to the pipeline so that an
   ``events_lost`` document explains the missing sequence.
@@ -68,6 +70,11 @@ ES_REACHABLE = REGISTRY.gauge(
     "audit_collector_elasticsearch_reachable", "1 when the last request got an HTTP response."
 )
 RETRY_ITEM_STATUSES = frozenset({429})
+# Item errors about the cluster, not the document: retried like 429, never dead-lettered.
+RETRY_ITEM_ERRORS = frozenset({
+    "index_not_found_exception", "cluster_block_exception", "unavailable_shards_exception",
+    "es_rejected_execution_exception", "security_exception", "circuit_breaking_exception",
+})
 TOO_LARGE = 413
 
 
@@ -91,6 +98,12 @@ def bulk_body(records: list[Record]) -> bytes:
         parts.append(rec.data)
         parts.append(b"\n")
     return b"".join(parts)
+
+
+def _item_retriable(status: int, error: Any) -> bool:
+    if status in RETRY_ITEM_STATUSES or status >= 500 or status == 0:
+        return True
+    return isinstance(error, dict) and error.get("type") in RETRY_ITEM_ERRORS
 
 
 def _is_loss_report(data: bytes) -> bool:
@@ -333,7 +346,7 @@ class Shipper:
                 stored += 1
             elif status == 409:
                 duplicates += 1
-            elif status in RETRY_ITEM_STATUSES or status >= 500 or status == 0:
+            elif _item_retriable(status, result.get("error")):
                 retry.append(rec)
                 continue
             else:

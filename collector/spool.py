@@ -223,20 +223,28 @@ class Spool:
 
     def read_batch(self, max_docs: int, max_bytes: int) -> list[Record]:
         """The oldest unacknowledged records; their segments are kept from drop-oldest
-        until `ack` or `release`."""
+        until `ack` or `release`.
+
+        Reading happens outside the lock (segments are append-only below their readable
+        end, and pinned segments are never deleted), so `append` is not held up by it.
+        """
         with self._lock:
-            batch: list[Record] = []
-            budget = max_bytes
-            for seg in self._segments_from_cursor():
-                start = self._cursor[1] if seg.id == self._cursor[0] else HEADER_SIZE
-                got = self._read_records(seg, start, max_docs - len(batch), budget, bool(batch))
-                if got:
-                    self._pinned.add(seg.id)
-                    batch.extend(got)
-                    budget -= sum(len(r.data) for r in got)
-                if len(batch) >= max_docs or budget <= 0:
-                    break
-            return batch
+            plan = [(seg, self._cursor[1] if seg.id == self._cursor[0] else HEADER_SIZE,
+                     seg.readable) for seg in self._segments_from_cursor()]
+            plan = [(seg, start, end) for seg, start, end in plan if start < end]
+            self._pinned.update(seg.id for seg, _, _ in plan)
+        batch: list[Record] = []
+        budget = max_bytes
+        for seg, start, end in plan:
+            got = self._read_records(seg, start, end, max_docs - len(batch), budget, bool(batch))
+            batch.extend(got)
+            budget -= sum(len(r.data) for r in got)
+            if len(batch) >= max_docs or budget <= 0:
+                break
+        with self._lock:
+            used = {r.segment for r in batch}
+            self._pinned.difference_update(seg.id for seg, _, _ in plan if seg.id not in used)
+        return batch
 
     def ack(self, batch: list[Record]) -> None:
         """Acknowledge a batch returned by `read_batch` (all of it)."""
@@ -351,12 +359,22 @@ class Spool:
         return seg_id, offset
 
     def _open_active(self) -> None:
-        if not self._segments:
-            self._create_segment(max(self._cursor[0], 1))
-            self._cursor = (max(self._segments), HEADER_SIZE)
+        if self._segments:
+            active = self._segments[max(self._segments)]
+            self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             return
-        active = self._segments[max(self._segments)]
-        self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            self._create_first_segment()
+        except OSError as exc:
+            if exc.errno not in FULL_ERRNOS:
+                raise
+            # Disk full at start: records are refused (and reported) until space appears.
+
+    def _create_first_segment(self) -> None:
+        """The first segment of an empty spool, at the ack cursor (never below it: records
+        there would count as acknowledged)."""
+        self._create_segment(max(self._cursor[0], 1))
+        self._cursor = (max(self._segments), HEADER_SIZE)
 
     # ------------------------------------------------------------------ writing
 
@@ -371,6 +389,11 @@ class Spool:
 
     def _write_with_policy(self, rec: bytes, report: bool) -> DropReason | None:
         """Write rec, dropping old segments when the policy allows; the refusal reason."""
+        if not self._segments:
+            try:
+                self._create_first_segment()
+            except OSError as exc:
+                return self._refusal_reason() if exc.errno in FULL_ERRNOS else "write-error"
         while True:
             if not self._rotate_if_needed(len(rec)) or (
                 self._total_bytes() + len(rec) > self._limit(report)
@@ -441,6 +464,8 @@ class Spool:
         self._segments[seg_id] = _Segment(seg_id, path, HEADER_SIZE, HEADER_SIZE)
 
     def _sync_active(self) -> None:
+        if not self._segments:
+            return
         active = self._active()
         if active.readable >= active.size:
             return
@@ -453,7 +478,7 @@ class Spool:
 
     def _drop_oldest(self) -> bool:
         """Delete the oldest segment that is neither active nor being shipped."""
-        active_id = max(self._segments)
+        active_id = max(self._segments, default=None)
         for seg_id in sorted(self._segments):
             if seg_id == active_id or seg_id in self._pinned:
                 continue
@@ -505,11 +530,11 @@ class Spool:
         return total
 
     def _read_records(
-        self, seg: _Segment, start: int, max_docs: int, budget: int, have_some: bool
+        self, seg: _Segment, start: int, end: int, max_docs: int, budget: int, have_some: bool
     ) -> list[Record]:
-        if start >= seg.readable or max_docs <= 0:
+        if start >= end or max_docs <= 0:
             return []
-        want = min(seg.readable - start, max(budget, 0) + (1 << 16))
+        want = min(end - start, max(budget, 0) + (1 << 16))
         buf = self._pread(seg, start, want)
         out: list[Record] = []
         for rec in iter_records(buf, start, seg.id):
@@ -517,17 +542,17 @@ class Spool:
                 break
             out.append(rec)
             budget -= len(rec.data)
-        if not out and not have_some and start < seg.readable:
-            out = self._read_one_large(seg, start)
+        if not out and not have_some:
+            out = self._read_one_large(seg, start, end)
         return out
 
-    def _read_one_large(self, seg: _Segment, start: int) -> list[Record]:
+    def _read_one_large(self, seg: _Segment, start: int, end: int) -> list[Record]:
         """A single record larger than the read window."""
         head = self._pread(seg, start, RECORD_HEAD.size)
         if len(head) < RECORD_HEAD.size:
             return []
         length, _ = RECORD_HEAD.unpack(head)
-        buf = self._pread(seg, start, RECORD_HEAD.size + length)
+        buf = self._pread(seg, start, min(RECORD_HEAD.size + length, end - start))
         return list(iter_records(buf, start, seg.id))[:1]
 
     def _read_all(self, seg: _Segment, start: int) -> list[Record]:
@@ -546,6 +571,8 @@ class Spool:
         return seg_id, offset
 
     def _delete_acked_segments(self) -> None:
+        if not self._segments:
+            return
         active_id = max(self._segments)
         for seg_id in sorted(self._segments):
             seg = self._segments[seg_id]

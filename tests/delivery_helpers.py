@@ -45,8 +45,8 @@ def make_config(
     es: dict[str, Any] | None = None,
     outputs: tuple[str, ...] | None = None,
 ) -> Config:
-    spool_cfg = SpoolConfig(dir=str(tmp / "spool"), **({"max_bytes": 64 << 20,
-                                                         "segment_bytes": 1 << 20} | (spool or {})))
+    spool_cfg = SpoolConfig(**({"dir": str(tmp / "spool"), "max_bytes": 64 << 20,
+                                "segment_bytes": 1 << 20} | (spool or {})))
     batch_cfg = BatchConfig(**({"max_docs": 500, "max_wait_s": 0.05} | (batch or {})))
     retry_cfg = RetryConfig(**({"initial_s": 0.02, "max_s": 0.2, "item_attempts": 5}
                                | (retry or {})))

@@ -88,3 +88,23 @@ def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "chain.state").write_bytes(b"{not json")
     sealer = Sealer(tmp_path, HOST, (ChainPoint(5, "h5"),))
     assert sealer.seal(synthetic_doc(1)).seq == 6
+
+
+def test_file_sink_only_pipeline_recovers_from_the_file(tmp_path: Path) -> None:
+    """Without a spool, a lost state file is recovered from the sink's last line."""
+    from collector.pipeline import Pipeline
+    from tests.delivery_helpers import make_config
+
+    cfg = make_config(tmp_path)  # file output only
+    pipeline = Pipeline(cfg, HOST)
+    for n in range(10):
+        pipeline.submit(synthetic_doc(n))
+    pipeline.close()
+    (Path(cfg.state_dir) / "chain.state").unlink()
+    again = Pipeline(cfg, HOST)
+    again.submit(synthetic_doc(11))
+    again.close()
+    lines = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
+    seqs = [d["event"]["sequence"] for d in lines]
+    assert seqs == list(range(seqs[0], seqs[0] + 11))
+    assert chain_of(lines[10])[0] == chain_of(lines[9])[1]

@@ -116,7 +116,8 @@ def test_responses_slower_than_the_client_timeout(server: ESTestServer, tmp_path
     run = deliver(cfg, 1000)
     assert_exactly_once(server, run)
     dups = counter("audit_collector_shipped_duplicates_total") - dup_before
-    assert dups == server.counter("bulk.items.conflict") > 0
+    # The server also answered 409s inside responses that arrived after the timeout.
+    assert 0 < dups <= server.counter("bulk.items.conflict")
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -142,7 +143,7 @@ def test_mapping_errors_are_dead_lettered_exactly(server: ESTestServer, tmp_path
     cfg = make_config(tmp_path, server.url)
     setup_cluster(cfg)
     server.mapping_errors(predicate=lambda item: item.source is not None
-                          and item.source.get("process", {}).get("pid", 0) % 97 == 0)
+                          and item.source.get("process", {}).get("pid", 1) % 97 == 0)
     run = deliver(cfg, 1000)
     rejected = frozenset(i for n, i in enumerate(run.ids) if (1000 + n) % 97 == 0)
     assert_exactly_once(server, run, rejected)
@@ -153,16 +154,16 @@ def test_mapping_errors_are_dead_lettered_exactly(server: ESTestServer, tmp_path
 
 def test_mixed_random_faults(server: ESTestServer, tmp_path: Path) -> None:
     seed = 20241129
-    server.fail_requests(429, requests=None, probability=0.1, seed=seed)
-    server.fail_requests(503, requests=None, probability=0.05, seed=seed + 1)
+    server.fail_requests(429, requests=None, probability=0.15, seed=seed)
+    server.fail_requests(503, requests=None, probability=0.1, seed=seed + 1)
     server.fail_items(429, fraction=0.05, requests=None, probability=0.3, seed=seed + 2)
-    server.reset_connections("before", requests=None, probability=0.05, seed=seed + 3)
-    server.reset_connections("after", requests=None, probability=0.05, seed=seed + 4)
-    server.delay_responses(0.6, requests=None, probability=0.05, seed=seed + 5)
+    server.reset_connections("before", requests=None, probability=0.1, seed=seed + 3)
+    server.reset_connections("after", requests=None, probability=0.1, seed=seed + 4)
+    server.delay_responses(0.6, requests=None, probability=0.1, seed=seed + 5)
     server.mapping_errors(predicate=lambda item: item.source is not None
-                          and item.source.get("process", {}).get("pid", 0) % 211 == 0)
+                          and item.source.get("process", {}).get("pid", 1) % 211 == 0)
     cfg = make_config(tmp_path, server.url, es={"request_timeout_s": 0.4},
-                      batch={"max_docs": 200})
+                      batch={"max_docs": 100})
     setup_cluster(cfg)
     run = deliver(cfg, 5000, close_s=120)
     server.clear_faults()
@@ -172,6 +173,8 @@ def test_mixed_random_faults(server: ESTestServer, tmp_path: Path) -> None:
     assert_verify_clean(cfg)
     stats = server.stats()
     print(f"\nmixed faults: {len(run.ids)} docs, {len(rejected)} dead-lettered, "
+          f"{stats.get('requests.bulk', 0)} bulk requests, "
+          f"{stats.get('bulk.items.conflict', 0)} answered 409, "
           + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if k.startswith("faults.")))
 
 
@@ -185,7 +188,7 @@ def test_elasticsearch_down_30s_then_up(server: ESTestServer, tmp_path: Path) ->
         pipeline.tick()
         time.sleep(0.1)
     assert REGISTRY.health["elasticsearch_reachable"] is False
-    assert stored(server) == {}
+    assert server.doc_count("logs-*") == 0
     pipeline.close(60)
     assert_exactly_once(server, run)
 

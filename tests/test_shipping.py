@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +13,12 @@ import orjson
 import pytest
 from elasticsearch import BadRequestError
 
-from collector.esclient import build_client
+from collector.config import ConfigError
+from collector.esclient import _tls_options, build_client
 from collector.esindex import setup_cluster
 from collector.metrics import REGISTRY
 from collector.pipeline import Pipeline
+from collector.shipping import _item_retriable
 from collector.spool import Spool
 from tests.delivery_helpers import (
     DATA_STREAM,
@@ -79,7 +84,7 @@ def test_mapping_errors_go_to_the_dead_letter_file_and_are_reported(
     cfg = make_config(tmp_path, server.url)
     setup_cluster(cfg)
     server.mapping_errors(predicate=lambda item: item.source is not None
-                          and item.source.get("process", {}).get("pid", 0) % 50 == 7,
+                          and item.source.get("process", {}).get("pid", 1) % 50 == 7,
                           reason="failed to parse field [process.pid]")
     dead_before = metric("audit_collector_dead_letters_total")
     pipeline = Pipeline(cfg, HOST)
@@ -139,18 +144,92 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
     assert sizes[True] * 3 < sizes[False]
 
 
+@pytest.fixture(scope="module")
+def external_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test server in its own process, so it does not share our GIL (as a real one)."""
+    port_file = tmp_path_factory.mktemp("esserver") / "port"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.esserver", "--port", "0",
+                             "--port-file", str(port_file)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.mark.parametrize("gzip", [True, False], ids=["gzip", "plain"])
-def test_throughput(server: ESTestServer, tmp_path: Path, gzip: bool) -> None:
+def test_throughput(external_server: str, tmp_path: Path, gzip: bool) -> None:
     """Docs/s from submit to acknowledged by the test server, one process (printed)."""
-    count = 20000
-    cfg = make_config(tmp_path, server.url, es={"gzip": gzip},
-                      batch={"max_docs": 1000, "max_wait_s": 1.0},
-                      spool={"fsync": "batch"})
+    count = 30000
+    cfg = make_config(tmp_path, external_server, es={"gzip": gzip, "dataset": f"tp{int(gzip)}"},
+                      batch={"max_docs": 1000, "max_wait_s": 1.0})
     pipeline = Pipeline(cfg, HOST)
     started = time.monotonic()
     submit_docs(pipeline, count, tick_every=500)
+    submitted = time.monotonic() - started
     pipeline.close(120)
     elapsed = time.monotonic() - started
-    assert len(stored(server)) == count
-    print(f"\nthroughput gzip={'on' if gzip else 'off'}: {count / elapsed:,.0f} docs/s "
-          f"({count} docs in {elapsed:.2f}s)")
+    client = build_client(cfg)
+    client.indices.refresh(index=cfg.elasticsearch.data_stream)
+    assert client.count(index=cfg.elasticsearch.data_stream).body["count"] == count
+    print(f"\nthroughput gzip={'on' if gzip else 'off'}: {count / elapsed:,.0f} docs/s shipped "
+          f"({count} docs in {elapsed:.2f}s; submit alone {count / submitted:,.0f} docs/s)")
+
+
+def test_credentials_come_from_file_or_environment_and_are_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "api_key"
+    key_file.write_text("c2VjcmV0LWtleQ==\n")
+    client = build_client(make_config(tmp_path, "http://127.0.0.1:9", es={
+        "api_key_file": str(key_file)}))
+    assert client._headers["authorization"] == "ApiKey c2VjcmV0LWtleQ=="
+    assert "c2VjcmV0" not in repr(client)
+    monkeypatch.setenv("ES_PW", "hunter2")
+    client = build_client(make_config(tmp_path, "http://127.0.0.1:9", es={
+        "username": "collector", "password_env": "ES_PW"}))
+    assert client._headers["authorization"].startswith("Basic ")
+    assert "hunter2" not in repr(client)
+    monkeypatch.delenv("ES_PW")
+    with pytest.raises(ConfigError, match="ES_PW") as info:
+        build_client(make_config(tmp_path, "http://127.0.0.1:9", es={
+            "username": "collector", "password_env": "ES_PW"}))
+    assert "hunter2" not in str(info.value)
+
+
+def test_tls_options_apply_to_https(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, "https://127.0.0.1:9", es={"ca_file": "/etc/ssl/ca.pem"})
+    assert _tls_options(cfg.elasticsearch, ["https://127.0.0.1:9"]) == {
+        "verify_certs": True, "ca_certs": "/etc/ssl/ca.pem"}
+    assert _tls_options(cfg.elasticsearch, ["http://127.0.0.1:9"]) == {}
+
+
+def test_item_errors_about_the_cluster_are_retried_not_dead_lettered(
+    server: ESTestServer, tmp_path: Path
+) -> None:
+    server.fail_items(503, every=2, requests=3)  # unavailable_shards_exception per item
+    cfg = make_config(tmp_path, server.url)
+    pipeline = Pipeline(cfg, HOST)
+    run = submit_docs(pipeline, 300)
+    pipeline.close(30)
+    assert sorted(stored(server)) == sorted(run.ids)
+    assert dead_letter_ids(cfg) == []
+    assert server.counter("bulk.items.status.503") > 0
+
+
+@pytest.mark.parametrize(("status", "error_type", "retried"), [
+    (429, "es_rejected_execution_exception", True),
+    (503, "unavailable_shards_exception", True),
+    (403, "cluster_block_exception", True),  # flood-stage read-only block
+    (404, "index_not_found_exception", True),
+    (400, "document_parsing_exception", False),
+    (400, "illegal_argument_exception", False),
+])
+def test_item_outcome_classification(status: int, error_type: str, retried: bool) -> None:
+    assert _item_retriable(status, {"type": error_type, "reason": "x"}) is retried

@@ -177,3 +177,21 @@ def test_full_disk_applies_the_policy(tmp_path: Path, policy: str) -> None:
             assert max(kept) == 2000  # the newest records survive
             assert {loss.reason for loss in losses} == {"drop-oldest"}
         assert os.statvfs(fs).f_bavail >= 0
+
+
+def test_start_on_a_full_disk_refuses_then_recovers(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "fs", "64k") as fs:
+        filler = fs / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        spool = Spool(spool_cfg(fs / "spool" if (fs / "spool").exists() else fs,
+                                full_policy="drop-newest"))
+        assert fill(spool, 1, 3) == [False, False, False]
+        [loss] = spool.take_losses()
+        assert (loss.first_seq, loss.last_seq) == (1, 3)
+        filler.unlink()
+        assert fill(spool, 4, 5) == [True, True]
+        assert read_all(spool) == [4, 5]
+        spool.close()
