@@ -18,7 +18,8 @@ struct exec_event {
     u32 args_len;          /* bytes of args[] used: NUL-separated arguments */
     u32 args_truncated;    /* hit MAX_ARGS or ARGS_LIMIT */
     u32 args_fault;        /* reading user memory failed */
-    u32 pad;
+    u32 exe_dev;           /* kernel dev_t of the executable's filesystem (success only) */
+    u64 exe_ino;           /* the executable's inode number (success only) */
     struct identity id;
     char filename[FILENAME_LEN];
     /* ARGS_BUF is ARGS_LIMIT rounded up to a power of two: offsets are masked with it, and
@@ -139,6 +140,9 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         if (name)
             bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), name);
     }
+    char *inode = KPTR(KPTR(bprm, OFF_LINUX_BINPRM_FILE), OFF_FILE_F_INODE);
+    e->exe_ino = KREAD(u64, inode, OFF_INODE_I_INO);
+    e->exe_dev = KREAD(u32, KPTR(inode, OFF_INODE_I_SB), OFF_SUPER_BLOCK_S_DEV);
     exec_emit(e, 0);
     exec_pending.delete(&old_tid);
     return 0;

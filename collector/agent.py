@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -78,11 +79,17 @@ class Agent:
         interval = self.cfg.capture.poll_interval_ms
         if self.on_ready:
             self.on_ready(self)
+        next_housekeeping = 0.0
         try:
             while not self.stop_event.is_set():
                 self.probes.poll(interval)
-                self._report_losses()
-                self.sink.tick()
+                # Wake-ups come every few dozen events in a storm; housekeeping (loss
+                # counters, flushes) runs on the poll interval, not per wake-up.
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + interval / 1000
+                    self._report_losses()
+                    self.sink.tick()
             self.probes.poll(0)  # what the kernel wrote before we were told to stop
             self._report_losses()
         finally:
@@ -126,11 +133,14 @@ class Agent:
             return
         if "bash" not in self.probes.families:
             return
+        # The kernel told us which file ran: known files cost a dict lookup, no syscall.
+        if event.exe in self.probes.bash_probes or event.exe in self.probes.known_not_bash:
+            return
         exe = doc["process"].get("executable", "")
         for path in bashfind.exe_candidates(event.who.pid, event.who.ppid, exe):
             key = bashfind.file_key(path)
-            if key is None:
-                continue
+            if key is None or (event.exe is not None and key != event.exe):
+                continue  # gone, or another file by that name now
             if key in self.probes.bash_probes or key in self.probes.known_not_bash:
                 return
             if bashfind.looks_like_bash(path):

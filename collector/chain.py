@@ -41,6 +41,7 @@ from collector.hostinfo import HostInfo
 from collector.metrics import REGISTRY
 
 STATE_FILE = "chain.state"
+CHECKPOINT_INTERVAL_S = 1.0
 GENESIS_PREV = ""
 
 LAST_SEQUENCE = REGISTRY.gauge(
@@ -134,6 +135,7 @@ class Sealer:
             # Fresh state: start above any earlier chain of this host (see module docstring).
             self._head = ChainPoint(time.time_ns() // 1000, GENESIS_PREV)
         self._saved_seq: int | None = None
+        self._saved_at = -1e9  # monotonic time of the last state file write
         LAST_SEQUENCE.set(self._head.seq)
 
     @property
@@ -163,6 +165,11 @@ class Sealer:
         """Persist the head (atomically) when it moved since the last checkpoint."""
         if self._saved_seq == self._head.seq:
             return
+        # The spool and file sinks are the exact recovery points; the state file only
+        # needs to be recent, so a storm does not rewrite it on every tick.
+        now = time.monotonic()
+        if not durable and now - self._saved_at < CHECKPOINT_INTERVAL_S:
+            return
         body = orjson.dumps({"seq": self._head.seq, "hash": self._head.hash})
         tmp = self._state_path.with_suffix(".tmp")
         try:
@@ -176,6 +183,7 @@ class Sealer:
         except OSError:
             return  # a full disk must not stop capture; the spool still holds the head
         self._saved_seq = self._head.seq
+        self._saved_at = now
 
     def _load_state(self) -> ChainPoint | None:
         try:

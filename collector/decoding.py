@@ -7,6 +7,7 @@ trimmed to what was captured, so variable tails (argv, the bash line) are sliced
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -25,8 +26,8 @@ NS_FIELDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgr
 # (8 x u32), comm[16], tty_name[32], cgroup_name[128], uts_name[65], pad1[7].
 IDENTITY = struct.Struct("<QQ12Ii4x8I16s32s128s65s7x")
 # struct exec_event header: kind, syscall, retval, argc, args_len, args_truncated,
-# args_fault, pad; identity; filename[512]; then args[] follows.
-EXEC_HEADER = struct.Struct("<IIiIIII4x")
+# args_fault, exe_dev, exe_ino; identity; filename[512]; then args[] follows.
+EXEC_HEADER = struct.Struct("<IIiIIIIIQ")
 FILENAME_LEN = 512
 EXEC_ARGS_OFFSET = EXEC_HEADER.size + IDENTITY.size + FILENAME_LEN
 # struct ns_event: kind, syscall, retval, fd, flags, child_pid, pad, before, after; identity.
@@ -75,6 +76,7 @@ class ExecEvent:
     args_truncated: bool
     args_captured_bytes: int
     args_fault: bool
+    exe: tuple[int, int] | None  # (st_dev, st_ino) of the executable, on success
 
 
 @dataclass(slots=True)
@@ -138,7 +140,8 @@ def split_args(blob: bytes) -> list[bytes]:
 def decode_exec(data: bytes) -> ExecEvent:
     if len(data) < EXEC_ARGS_OFFSET:
         raise DecodeError(f"exec record of {len(data)} bytes is too short")
-    (_kind, syscall, retval, argc, args_len, truncated, fault) = EXEC_HEADER.unpack_from(data)
+    (_kind, syscall, retval, argc, args_len, truncated, fault, kdev, ino) = \
+        EXEC_HEADER.unpack_from(data)
     who = _who(data, EXEC_HEADER.size)
     filename = _cstr(data[EXEC_ARGS_OFFSET - FILENAME_LEN:EXEC_ARGS_OFFSET])
     tail = data[EXEC_ARGS_OFFSET:EXEC_ARGS_OFFSET + args_len]
@@ -152,6 +155,8 @@ def decode_exec(data: bytes) -> ExecEvent:
         args_truncated=bool(truncated),
         args_captured_bytes=len(tail),
         args_fault=bool(fault),
+        # The kernel's dev_t is major << 20 | minor; st_dev uses the user-space encoding.
+        exe=(os.makedev(kdev >> 20, kdev & 0xFFFFF), ino) if ino else None,
     )
 
 

@@ -87,6 +87,13 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("OFF_LINUX_BINPRM_ARGC", "linux_binprm", "argc"),
     # linux_binprm.filename: the name the kernel opened ("/dev/fd/N" for fexecve).
     _f("OFF_LINUX_BINPRM_FILENAME", "linux_binprm", "filename"),
+    # The executable's identity (device, inode), so user space can tell binaries apart
+    # without a stat per exec.
+    _f("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
+    _f("OFF_FILE_F_INODE", "file", "f_inode"),
+    _f("OFF_INODE_I_INO", "inode", "i_ino"),
+    _f("OFF_INODE_I_SB", "inode", "i_sb"),
+    _f("OFF_SUPER_BLOCK_S_DEV", "super_block", "s_dev"),
     # cred (kuid_t/kgid_t wrap the integer in .val)
     _f("OFF_CRED_UID", "cred", "uid.val", "uid"),
     _f("OFF_CRED_EUID", "cred", "euid.val", "euid"),

@@ -63,8 +63,8 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
         proc.send_signal(stop_signal)
         stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr.decode()
-    file_docs = [json.loads(line) for line in out.read_text().splitlines()]
-    stdout_docs = [json.loads(line) for line in stdout.decode().splitlines()]
+    file_docs = [json.loads(line) for line in out.read_text().split("\n") if line]
+    stdout_docs = [json.loads(line) for line in stdout.decode().split("\n") if line]
     assert [d["event"]["sequence"] for d in file_docs] == \
         [d["event"]["sequence"] for d in stdout_docs]
     mine = [d for d in file_docs if d["process"].get("args") == ["/bin/true", mark]]
