@@ -61,7 +61,7 @@ class ChainPoint:
 class SealedDoc:
     id: str
     seq: int
-    data: bytes  # the document as sent to every output (orjson, sorted keys)
+    data: bytes  # the document as sent to every output (orjson, chain spliced in)
 
 
 def document_id(host_id: str, boot_id: str, seq: int) -> str:
@@ -70,6 +70,26 @@ def document_id(host_id: str, boot_id: str, seq: int) -> str:
 
 def canonical(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+_CUSTOM_KEY = b'"audit_collector":{'
+
+
+def with_chain(content: bytes, prev: str, digest: str) -> bytes:
+    """The document's bytes with its chain object added, without serialising it again.
+
+    `content` is canonical JSON (sorted keys), so the first `"audit_collector":{` is the
+    top-level key: inside strings every quote is escaped. The chain goes first in that
+    object; verify re-canonicalises, so key order in the output does not matter.
+    """
+    chain = orjson.dumps({"prev": prev, "hash": digest})
+    at = content.find(_CUSTOM_KEY)
+    if at < 0:
+        return content[:-1] + b',"audit_collector":{"chain":' + chain + b"}}"
+    at += len(_CUSTOM_KEY)
+    rest = content[at:]
+    glue = b"" if rest.startswith(b"}") else b","
+    return content[:at] + b'"chain":' + chain + glue + rest
 
 
 def content_bytes(doc: dict[str, Any]) -> bytes:
@@ -154,12 +174,12 @@ class Sealer:
         else:
             sealed.pop("audit_collector", None)
         prev = self._head.hash
-        digest = chain_hash(prev, canonical(sealed))
-        sealed["audit_collector"] = {**custom, "chain": {"prev": prev, "hash": digest}}
+        content = canonical(sealed)
+        digest = chain_hash(prev, content)
         self._head = ChainPoint(seq, digest)
         LAST_SEQUENCE.set(seq)
         doc_id = document_id(self._host.id, self._host.boot_id, seq)
-        return SealedDoc(doc_id, seq, canonical(sealed))
+        return SealedDoc(doc_id, seq, with_chain(content, prev, digest))
 
     def checkpoint(self, durable: bool = False) -> None:
         """Persist the head (atomically) when it moved since the last checkpoint."""
