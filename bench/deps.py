@@ -1,0 +1,41 @@
+"""Tools the benchmarks need, installed from Debian's packages when missing (idempotent)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+# command -> Debian package providing it
+TOOLS = {"gcc": "gcc", "auditd": "auditd", "auditctl": "auditd"}
+
+
+def missing_tools(tools: dict[str, str] | None = None) -> dict[str, str]:
+    wanted = tools or TOOLS
+    return {cmd: pkg for cmd, pkg in wanted.items() if shutil.which(cmd) is None}
+
+
+def ensure_tools(tools: dict[str, str] | None = None) -> dict[str, str]:
+    """Install the packages of missing commands; {command: why it is still missing}."""
+    missing = missing_tools(tools)
+    if not missing:
+        return {}
+    packages = sorted(set(missing.values()))
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return {cmd: f"not installed (apt-get install -y {pkg})" for cmd, pkg in missing.items()}
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
+        subprocess.run(install, env=env, capture_output=True, check=False)
+    return {cmd: f"could not install {pkg} with apt-get"
+            for cmd, pkg in missing_tools(tools).items()}
+
+
+def bcc_available() -> str | None:
+    """None when BCC's Python binding imports, else the reason."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return f"python3-bpfcc missing ({exc}); apt-get install -y python3-bpfcc"
+    return None
