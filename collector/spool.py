@@ -34,6 +34,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -140,6 +141,16 @@ def iter_records(buf: bytes, base: int, segment: int) -> Iterator[Record]:
         pos = stop
 
 
+def _require_contiguous(batch: list[Record]) -> None:
+    """An ack moves the cursor to the batch's last record: a hole would be acknowledged
+    without being shipped. Fail loudly instead (the records stay in the spool)."""
+    for prev, rec in pairwise(batch):
+        same_segment = rec.segment == prev.segment and rec.offset == prev.end
+        next_segment = rec.segment > prev.segment and rec.offset == HEADER_SIZE
+        if not (same_segment or next_segment):
+            raise ValueError(f"spool batch is not contiguous at sequence {rec.seq}")
+
+
 def _runs(records: list[Record], reason: DropReason) -> list[DroppedRange]:
     """Split records (in sequence order) into runs of consecutive sequences."""
     runs: list[DroppedRange] = []
@@ -239,7 +250,9 @@ class Spool:
             got = self._read_records(seg, start, end, max_docs - len(batch), budget, bool(batch))
             batch.extend(got)
             budget -= sum(len(r.data) for r in got)
-            if len(batch) >= max_docs or budget <= 0:
+            # A batch must be contiguous from the cursor: `ack` moves the cursor to its last
+            # record, so a segment left part-read ends the batch.
+            if not got or got[-1].end < end or len(batch) >= max_docs or budget <= 0:
                 break
         with self._lock:
             used = {r.segment for r in batch}
@@ -250,6 +263,7 @@ class Spool:
         """Acknowledge a batch returned by `read_batch` (all of it)."""
         if not batch:
             return
+        _require_contiguous(batch)
         last = batch[-1]
         with self._lock:
             self._pinned.clear()

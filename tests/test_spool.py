@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +198,65 @@ def test_start_on_a_full_disk_refuses_then_recovers(tmp_path: Path) -> None:
         assert fill(spool, 4, 5) == [True, True]
         assert read_all(spool) == [4, 5]
         spool.close()
+
+
+def test_a_batch_cut_by_bytes_never_skips_the_rest_of_its_segment(tmp_path: Path) -> None:
+    """Regression: a batch that hit its byte budget inside one segment went on to take a
+    smaller record from the next segment, and its ack moved the cursor past the records
+    left in between: acknowledged, never shipped (found by bench.exec_storm)."""
+    spool = Spool(spool_cfg(tmp_path, segment_bytes=4 << 10))
+    big, small = b"b" * 2000, b"s" * 100
+    for seq, data in enumerate([big, big, small, big, big], start=1):
+        spool.append(seq, f"id-{seq}", data)
+    spool.flush()
+    assert len(segments(tmp_path)) == 3  # [1, 2] [3, 4] [5]
+    batch = spool.read_batch(100, 2500)  # 2 does not fit; 3 would, but lies beyond 2
+    assert [r.seq for r in batch] == [1]
+    spool.ack(batch)
+    assert spool.pending()[0] == 4
+    assert read_all(spool) == [2, 3, 4, 5]
+
+
+def test_concurrent_appends_and_byte_cut_batches_ship_every_record_once(
+    tmp_path: Path,
+) -> None:
+    """Writer and reader race across many rotations with batches cut by count and by bytes;
+    every sequence comes out exactly once, in order, and the spool ends empty."""
+    spool = Spool(spool_cfg(tmp_path, segment_bytes=8 << 10, max_bytes=64 << 20))
+    rng = random.Random(7)
+    total, shipped = 6000, []
+    done = threading.Event()
+    deadline = time.monotonic() + 20
+
+    def reader() -> None:
+        reader_rng = random.Random(11)
+        while not (done.is_set() and spool.pending() == (0, 0)) and time.monotonic() < deadline:
+            batch = spool.read_batch(reader_rng.randint(1, 60), reader_rng.randint(50, 9000))
+            if not batch:
+                spool.wait_for_data(0.01)
+                continue
+            shipped.extend(r.seq for r in batch)
+            spool.ack(batch)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for seq in range(1, total + 1):
+        spool.append(seq, f"id-{seq}", b"x" * rng.choice((40, 300, 1200, 3000)))
+        if rng.random() < 0.05:
+            spool.flush()
+    spool.flush()
+    done.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert shipped == list(range(1, total + 1))
+    assert spool.pending() == (0, 0)
+
+
+def test_ack_refuses_a_batch_with_a_hole(tmp_path: Path) -> None:
+    spool = Spool(spool_cfg(tmp_path))
+    fill(spool, 1, 5)
+    batch = spool.read_batch(5, 1 << 20)
+    with pytest.raises(ValueError, match="not contiguous at sequence 3"):
+        spool.ack([batch[0], batch[2]])
+    assert spool.pending()[0] == 5
+    assert read_all(spool) == [1, 2, 3, 4, 5]
