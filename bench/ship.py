@@ -344,7 +344,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
 NOTES = [
     "serializer: the Elasticsearch client's serializer (parses the _bulk responses); the "
     "documents are always serialized by orjson in the sealer (see serialize_docs_per_s).",
-    "gzip: elastic_transport compresses request bodies with gzip.compress (level 9).",
+    "gzip: the collector compresses request bodies at elasticsearch.gzip_level (default 1); "
+    "elastic_transport alone would use level 9 (see gzip).",
     "the ES test server is a single Python process on the same 2 CPUs: it bounds the rate.",
 ]
 

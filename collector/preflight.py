@@ -30,13 +30,38 @@ def _effective_caps() -> int:
     return 0
 
 
-def check_privileges() -> CheckResult:
-    caps = _effective_caps()
+PERF_EVENT_PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
+
+
+def _perf_event_paranoid() -> int | None:
+    try:
+        return int(PERF_EVENT_PARANOID.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def check_privileges(caps: int | None = None, paranoid: int | None = None) -> CheckResult:
+    """caps/paranoid: the effective capability mask and perf_event_paranoid (read when None)."""
+    caps = _effective_caps() if caps is None else caps
     has = lambda bit: bool(caps >> bit & 1)  # noqa: E731
-    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
-        return CheckResult("privileges", True, f"euid {os.geteuid()}, BPF capabilities present")
-    return CheckResult("privileges", False,
-                       "needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE); run as root")
+    if has(CAP_SYS_ADMIN):
+        return CheckResult("privileges", True, f"euid {os.geteuid()}, CAP_SYS_ADMIN present")
+    if not (has(CAP_BPF) and has(CAP_PERFMON)):
+        return CheckResult("privileges", False,
+                           "needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE); "
+                           "run as root")
+    paranoid = _perf_event_paranoid() if paranoid is None else paranoid
+    if paranoid is not None and paranoid > 2:
+        # Debian and Ubuntu patch level 3 in: perf_event_open (tracepoints, uprobes) then
+        # needs CAP_SYS_ADMIN, whatever CAP_PERFMON says.
+        return CheckResult("privileges", False,
+                           f"CAP_BPF + CAP_PERFMON present, but kernel.perf_event_paranoid="
+                           f"{paranoid} also requires CAP_SYS_ADMIN: add it to the unit's "
+                           "CapabilityBoundingSet/AmbientCapabilities, or set "
+                           "kernel.perf_event_paranoid=2")
+    return CheckResult("privileges", True,
+                       f"euid {os.geteuid()}, CAP_BPF + CAP_PERFMON present "
+                       f"(perf_event_paranoid={paranoid})")
 
 
 def check_btf() -> CheckResult:

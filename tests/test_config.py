@@ -51,6 +51,7 @@ def test_defaults_are_valid() -> None:
         ({"outputs": []}, "outputs: at least one output is needed"),
         ({"elasticsearch": {"api_version": 7}}, "elasticsearch.api_version: 7 is not one of 8, 9"),
         ({"elasticsearch": {"dataset": "Audit-Collector"}}, "elasticsearch.dataset"),
+        ({"elasticsearch": {"gzip_level": 0}}, "elasticsearch.gzip_level: 0 is not in 1..9"),
         ({"elasticsearch": {"password_env": "P"}}, "elasticsearch.username: required"),
         ({"elasticsearch": {"api_key_file": "a", "api_key_env": "B"}}, "not both"),
         ({"elasticsearch": {"ilm": {"delete_after": "forever"}}},

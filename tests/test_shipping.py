@@ -144,6 +144,23 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
     assert sizes[True] * 3 < sizes[False]
 
 
+def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_path: Path) -> None:
+    """The transport's own gzip (always level 9) is bypassed: bodies are compressed once, at
+    elasticsearch.gzip_level, and responses are asked for gzipped."""
+    sizes = {}
+    for level in (1, 9):
+        server.reset()
+        cfg = make_config(tmp_path / str(level), server.url, es={"gzip_level": level})
+        pipeline = Pipeline(cfg, HOST)
+        submit_docs(pipeline, 500, pad=300)
+        pipeline.close(30)
+        bulks = [r for r in server.request_log if r.endpoint == "bulk"]
+        assert {r.content_encoding for r in bulks} == {"gzip"}
+        assert len(stored(server)) == 500  # one decompression gives the NDJSON back
+        sizes[level] = sum(r.bytes_in for r in bulks)
+    assert sizes[9] < sizes[1]
+
+
 @pytest.fixture(scope="module")
 def external_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The test server in its own process, so it does not share our GIL (as a real one)."""
