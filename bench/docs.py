@@ -18,7 +18,7 @@ from collector.decoding import ExecEvent, Who
 from collector.documents import Doc, DocumentBuilder
 from collector.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
 from collector.hostinfo import HostInfo, detect_host
-from collector.hostns import detect_host_namespaces
+from collector.hostns import HostNamespaces, detect_host_namespaces
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
 COMMANDS: tuple[tuple[str, ...], ...] = (
@@ -85,13 +85,19 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def document_pool(host: HostInfo, size: int = POOL_SIZE) -> list[Doc]:
+def _builder(host: HostInfo) -> tuple[DocumentBuilder, HostNamespaces, tuple[int, bytes]]:
+    """The capture loop's document builder on this machine, its host namespaces and the
+    cgroup events are attributed to."""
     host_ns = detect_host_namespaces()
     mount, rel = cgroup_hierarchy()
     builder = DocumentBuilder(host=host, host_ns=host_ns, cgroups=CgroupPaths(mount),
                               clock=WallClock(), names=NameCache(),
                               owners=NamespaceOwners(host_ns))
-    cgroup = _own_cgroup(mount, rel)
+    return builder, host_ns, _own_cgroup(mount, rel)
+
+
+def document_pool(host: HostInfo, size: int = POOL_SIZE) -> list[Doc]:
+    builder, host_ns, cgroup = _builder(host)
     return [builder.build(exec_event(n, dict(host_ns.inodes), cgroup)) for n in range(size)]
 
 
@@ -118,12 +124,7 @@ def stage_costs(workdir: Path, count: int = 5000) -> dict[str, float]:
     from collector.spool import Spool
 
     host = detect_host()
-    host_ns = detect_host_namespaces()
-    mount, rel = cgroup_hierarchy()
-    builder = DocumentBuilder(host=host, host_ns=host_ns, cgroups=CgroupPaths(mount),
-                              clock=WallClock(), names=NameCache(),
-                              owners=NamespaceOwners(host_ns))
-    cgroup = _own_cgroup(mount, rel)
+    builder, host_ns, cgroup = _builder(host)
     events = [exec_event(n, dict(host_ns.inodes), cgroup) for n in range(count)]
     sealer = Sealer(workdir / "stage-state", host)
     sink = FileSink(workdir / "stage.ndjson")

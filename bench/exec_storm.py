@@ -40,8 +40,7 @@ from bench.procstat import (
     total_cpu_seconds,
 )
 from bench.report import (
-    busy_note,
-    machine,
+    announce_machine,
     now_iso,
     rounded,
     targets_table,
@@ -305,10 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> int:
-    host = machine()
-    note = busy_note(host)
-    if note:
-        print(note, flush=True)
+    host = announce_machine()
     missing = ensure_tools()
     loadgen, loadgen_info = choose_loadgen(args.loadgen, workdir, 0.5 if args.quick else 2.0)
     print(f"load generator: {loadgen_info}", flush=True)

@@ -72,6 +72,15 @@ def busy_note(info: dict[str, Any]) -> str | None:
             "absolute rates are low and noisy; ratios measured in the same run still compare.")
 
 
+def announce_machine() -> dict[str, Any]:
+    """The machine's description, after printing a warning when it was busy."""
+    info = machine()
+    note = busy_note(info)
+    if note:
+        print(note, flush=True)
+    return info
+
+
 @dataclass(frozen=True)
 class Target:
     name: str

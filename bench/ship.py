@@ -43,8 +43,7 @@ from bench.esserver import ESServer
 from bench.procstat import MIB, cpu_seconds, memory
 from bench.report import (
     Target,
-    busy_note,
-    machine,
+    announce_machine,
     now_iso,
     rounded,
     table,
@@ -306,10 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> int:
-    host = machine()
-    note = busy_note(host)
-    if note:
-        print(note, flush=True)
+    host = announce_machine()
     source = DocumentSource(workdir / "sealer")
     rows: list[dict[str, Any]] = []
     with ESServer() as server:

@@ -96,6 +96,21 @@ class Tracer(ABC):
         return False
 
 
+class OwnProcessTracer(Tracer):
+    """A tracer that is one child process of ours: its CPU, memory and BPF programs."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def cpu_pids(self) -> list[int]:
+        return [self._proc.pid] if self._proc else []
+
+    def memory_pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def bpf_pid(self) -> int | None:
+        return self.memory_pid()
+
+
 # --------------------------------------------------------------------------- baseline
 
 
@@ -267,7 +282,7 @@ def _auditd_conf(system_conf: Path, log_file: Path, plugin_dir: Path) -> str:
 # --------------------------------------------------------------------------- BCC tracer
 
 
-class BccTracer(Tracer):
+class BccTracer(OwnProcessTracer):
     """bench/bcc_tracer.py: execsnoop-style, perf buffer, one printed line per exec."""
 
     def __init__(self, workdir: Path) -> None:
@@ -294,15 +309,6 @@ class BccTracer(Tracer):
     def stop(self) -> None:
         _terminate(self._proc)
         self._proc = None
-
-    def cpu_pids(self) -> list[int]:
-        return [self._proc.pid] if self._proc else []
-
-    def memory_pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def bpf_pid(self) -> int | None:
-        return self.memory_pid()
 
     def recorder(self, marker: str) -> Recorder:
         return FileRecorder(self._out, f" {PROGRAM} {marker}".encode())
@@ -352,7 +358,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 READY_RE = re.compile(r"ready in ([0-9.]+) s")
 
 
-class Collector(Tracer):
+class Collector(OwnProcessTracer):
     """`audit-collector run` with every probe family on, writing NDJSON to a file."""
 
     def __init__(self, workdir: Path, name: str = "collector_file",
@@ -424,15 +430,6 @@ class Collector(Tracer):
         found = READY_RE.findall(tail_text(self._err, 1 << 20))
         if found:
             self.ready_logged_s = float(found[-1])
-
-    def cpu_pids(self) -> list[int]:
-        return [self._proc.pid] if self._proc else []
-
-    def memory_pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def bpf_pid(self) -> int | None:
-        return self.memory_pid()
 
     def recorder(self, marker: str) -> Recorder:
         return FileRecorder(self._out, f'"args":["{PROGRAM}","{marker}"'.encode())

@@ -31,6 +31,7 @@ DECODE_ERRORS = REGISTRY.counter(
     "audit_collector_decode_errors_total", "Ring buffer records that could not be decoded."
 )
 KIND_NAMES = {ExecEvent: "exec", BashEvent: "bash"}
+CAPTURED = {kind: EVENTS_CAPTURED.bind(kind=kind) for kind in ("exec", "bash", "namespace")}
 
 
 class DocumentSink(Protocol):
@@ -115,7 +116,7 @@ class Agent:
         kind = KIND_NAMES.get(type(event), "namespace")
         if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
             return
-        EVENTS_CAPTURED.inc(kind=kind)
+        CAPTURED[kind].inc()
         assert self._builder is not None
         try:
             doc = self._builder.build(event)

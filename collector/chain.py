@@ -156,7 +156,7 @@ class Sealer:
             self._head = ChainPoint(time.time_ns() // 1000, GENESIS_PREV)
         self._saved_seq: int | None = None
         self._saved_at = -1e9  # monotonic time of the last state file write
-        LAST_SEQUENCE.set(self._head.seq)
+        LAST_SEQUENCE.track(self, lambda sealer: sealer.head.seq)
 
     @property
     def head(self) -> ChainPoint:
@@ -177,7 +177,6 @@ class Sealer:
         content = canonical(sealed)
         digest = chain_hash(prev, content)
         self._head = ChainPoint(seq, digest)
-        LAST_SEQUENCE.set(seq)
         doc_id = document_id(self._host.id, self._host.boot_id, seq)
         return SealedDoc(doc_id, seq, with_chain(content, prev, digest))
 

@@ -111,7 +111,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         metrics.start()
     try:
-        pipeline = Pipeline(cfg, host)
+        pipeline = Pipeline(cfg, host, start_shipping=False)
     except (OSError, ConfigError) as exc:
         print(f"audit-collector: cannot open the outputs: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -122,6 +122,14 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     except (ProbeError, OSError) as exc:
         print(f"audit-collector: {exc}\n(run `audit-collector check` for a diagnosis)",
               file=sys.stderr)
+        pipeline.close()
+        return EXIT_FAILED
+    try:
+        pipeline.start_shipping()
+    except (OSError, ConfigError) as exc:
+        print(f"audit-collector: cannot start shipping: {exc}", file=sys.stderr)
+        if agent.probes is not None:
+            agent.probes.close()
         pipeline.close()
         return EXIT_FAILED
     log.info("ready in %.2f s (pid %d)", time.monotonic() - started, _pid())

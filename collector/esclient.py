@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from elastic_transport import HttpHeaders, NodeConfig, Transport, Urllib3HttpNode
@@ -29,6 +27,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
 from collector.config import Config, ConfigError, ElasticsearchConfig, elasticsearch_urls
+from collector.credentials import auth_options
 
 _COMPAT_RE = re.compile(r"compatible-with=\d+")
 
@@ -82,36 +81,6 @@ def _node_class_for(es: ElasticsearchConfig) -> type[Urllib3HttpNode]:
     return type(f"GzipNode{es.gzip_level}", (_GzipNode,), {"gzip_level": es.gzip_level})
 
 
-def read_secret(file_path: str | None, env_name: str | None, what: str) -> str | None:
-    """A credential from a file (first line) or an environment variable; never echoed."""
-    if file_path:
-        try:
-            value = Path(file_path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"elasticsearch: cannot read the {what} file {file_path}: "
-                              f"{exc.strerror}") from None
-        if not value:
-            raise ConfigError(f"elasticsearch: the {what} file {file_path} is empty")
-        return value
-    if env_name:
-        value = os.environ.get(env_name, "").strip()
-        if not value:
-            raise ConfigError(f"elasticsearch: environment variable {env_name} ({what}) is "
-                              "not set")
-        return value
-    return None
-
-
-def _auth_options(es: ElasticsearchConfig) -> dict[str, Any]:
-    api_key = read_secret(es.api_key_file, es.api_key_env, "API key")
-    if api_key:
-        return {"api_key": api_key}
-    password = read_secret(es.password_file, es.password_env, "password")
-    if es.username and password:
-        return {"basic_auth": (es.username, password)}
-    return {}
-
-
 def _tls_options(es: ElasticsearchConfig, urls: list[str]) -> dict[str, Any]:
     if not any(url.startswith("https://") for url in urls):
         return {}
@@ -138,6 +107,6 @@ def build_client(cfg: Config, request_timeout_s: float | None = None) -> Elastic
         max_retries=0,
         retry_on_timeout=False,
         retry_on_status=(),
-        **_auth_options(es),
+        **auth_options(es),
         **_tls_options(es, urls),
     )

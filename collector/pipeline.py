@@ -22,6 +22,7 @@ from typing import Any
 
 from collector.chain import ChainPoint, SealedDoc, Sealer, point_of
 from collector.config import Config, outputs_of
+from collector.credentials import auth_options
 from collector.documents import events_lost_document
 from collector.hostinfo import HostInfo
 from collector.outputs import FileSink, Sink, StdoutSink, last_point_in_file
@@ -42,8 +43,11 @@ class _Report:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, host: HostInfo, client: Any = None) -> None:
-        """client: an Elasticsearch client to use instead of one built from cfg (tests)."""
+    def __init__(self, cfg: Config, host: HostInfo, client: Any = None,
+                 start_shipping: bool = True) -> None:
+        """client: an Elasticsearch client to use instead of one built from cfg (tests).
+        start_shipping=False: the caller calls `start_shipping()` later (`run` does, after the
+        probes are loaded); credentials are still checked now."""
         self._cfg = cfg
         self._host = host
         self._sinks: list[Sink] = []
@@ -55,8 +59,11 @@ class Pipeline:
         self._held_losses: list[tuple[DroppedRange, str]] = []
         self._last_report_at = 0.0
         self._closed = False
+        self._client = client
         if self._spool is not None:
-            self._start_shipper(client)
+            auth_options(cfg.elasticsearch)  # a missing secret fails here, not later
+            if start_shipping:
+                self.start_shipping()
 
     # ------------------------------------------------------------------ public API
 
@@ -80,7 +87,11 @@ class Pipeline:
         self._closed = True
         self.tick()
         if self._spool is not None:
-            self._drain(time.monotonic() + timeout_s)
+            if self._shipper is not None:
+                self._drain(time.monotonic() + timeout_s)
+            else:
+                self._report_losses(force=True)  # spooled, shipped by the next start
+                self._spool.flush()
             self._spool.close()
         for sink in self._sinks:
             sink.close()
@@ -134,12 +145,17 @@ class Pipeline:
                 recovered.append(point_of(last.data) if last else None)
         return recovered
 
-    def _start_shipper(self, client: Any) -> None:
+    def start_shipping(self) -> None:
+        """Start the shipper thread (when an Elasticsearch output is configured)."""
+        if self._spool is None or self._shipper is not None:
+            return
+        # Imported here: the client adds ~11 MiB, which `run` keeps out of the probe
+        # compilation's peak.
         from collector.esclient import build_client
         from collector.shipping import Shipper
 
-        assert self._spool is not None
-        self._shipper = Shipper(self._cfg, self._spool, client or build_client(self._cfg))
+        client = self._client or build_client(self._cfg)
+        self._shipper = Shipper(self._cfg, self._spool, client)
         self._shipper.start()
 
     def _write(self, sealed: SealedDoc, report: bool = False) -> bool:
@@ -175,7 +191,8 @@ class Pipeline:
         for loss in self._spool.take_losses():
             self._hold(loss, "spool")
             self._held_losses.extend(self._swallowed_reports(loss))
-        for loss in self._shipper.take_rejections():
+        rejections = self._shipper.take_rejections() if self._shipper is not None else []
+        for loss in rejections:
             self._hold(loss, SOURCE_BY_REASON.get(loss.reason, "spool"))
 
     def _hold(self, loss: DroppedRange, source: str) -> None:

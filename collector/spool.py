@@ -182,7 +182,8 @@ class Spool:
         self.last_record: Record | None = scan.last_record
         self._record_losses(scan.losses)
         self._open_active()
-        self._publish_gauges()
+        SPOOL_BYTES.track(self, Spool._locked_total_bytes)
+        SPOOL_RECORDS.track(self, lambda spool: spool._unacked_records)
 
     # ------------------------------------------------------------------ public API
 
@@ -196,7 +197,6 @@ class Spool:
             refused = self._write_with_policy(rec, report)
             if refused is None:
                 self._unacked_records += 1
-                self._publish_gauges()
                 if self._cfg.fsync == "none":
                     self._data_ready.notify_all()
                 return True
@@ -274,7 +274,6 @@ class Spool:
             self._unacked_records = max(0, self._unacked_records - len(batch))
             self._delete_acked_segments()
             self._save_ack()
-            self._publish_gauges()
 
     def release(self) -> None:
         with self._lock:
@@ -617,9 +616,9 @@ class Spool:
 
     # ------------------------------------------------------------------ helpers
 
-    def _publish_gauges(self) -> None:
-        SPOOL_BYTES.set(self._total_bytes())
-        SPOOL_RECORDS.set(self._unacked_records)
+    def _locked_total_bytes(self) -> int:
+        with self._lock:
+            return self._total_bytes()
 
     @staticmethod
     def _unlink(path: Path) -> None:

@@ -624,36 +624,27 @@ class Mapping:
             if field.kind == "opaque":
                 return
             pos = self._pos(ctx, raw_key)
-            raise ESError(
-                400,
-                {
-                    "type": self.error_type,
-                    "reason": f"[{pos}] failed to parse field [{full}] of type [{field.type}] in "
-                    f"document with id '{ctx.doc_id}'. Preview of field's value: "
-                    f"'{java_str(value)}'",
-                    "caused_by": {
-                        "type": "illegal_state_exception",
-                        "reason": f"Can't get text on a START_OBJECT at {pos}",
-                    },
-                },
-            )
+            raise self._field_error(field, value, full, ctx, pos, (
+                "illegal_state_exception", f"Can't get text on a START_OBJECT at {pos}"))
         bad = field.check(value)
         if bad is not None:
             if field.kind in _MALFORMABLE and field.params.get(
                 "ignore_malformed", self.ignore_malformed
             ):
                 return
-            pos = self._pos(ctx, raw_key)
-            raise ESError(
-                400,
-                {
-                    "type": self.error_type,
-                    "reason": f"[{pos}] failed to parse field [{full}] of type [{field.type}] in "
-                    f"document with id '{ctx.doc_id}'. Preview of field's value: "
-                    f"'{java_str(value)}'",
-                    "caused_by": {"type": bad[0], "reason": bad[1]},
-                },
-            )
+            raise self._field_error(field, value, full, ctx, self._pos(ctx, raw_key), bad)
+
+    def _field_error(self, field: FieldMapper, value: Any, full: str, ctx: _Ctx, pos: str,
+                     cause: tuple[str, str]) -> ESError:
+        """The document_parsing_exception (mapper_parsing_exception before 8.x) of a value
+        that does not fit its field."""
+        return ESError(400, {
+            "type": self.error_type,
+            "reason": f"[{pos}] failed to parse field [{full}] of type [{field.type}] in "
+            f"document with id '{ctx.doc_id}'. Preview of field's value: "
+            f"'{java_str(value)}'",
+            "caused_by": {"type": cause[0], "reason": cause[1]},
+        })
 
     def _dynamic_mapper(self, full: str, name: str, value: Any) -> FieldMapper | ObjectMapper:
         detected = _dynamic_type_name(value, self.date_detection)

@@ -442,23 +442,15 @@ def _msm(spec: Any, n: int) -> int:
 
 
 def _bad_number(value: Any) -> ESError:
-    return ESError(
-        400,
-        {
-            "type": "search_phase_execution_exception",
-            "reason": "all shards failed",
-            "phase": "query",
-            "grouped": True,
-            "failed_shards": [],
-            "caused_by": {"type": "number_format_exception",
-                          "reason": f'For input string: "{value}"'},
-        },
-        root_cause=[{"type": "query_shard_exception",
-                     "reason": f"failed to create query: For input string: \"{value}\""}],
-    )
+    return shard_failure(f'For input string: "{value}"', "number_format_exception",
+                         root=("query_shard_exception",
+                               f'failed to create query: For input string: "{value}"'))
 
 
-def shard_failure(reason: str, type_: str = "illegal_argument_exception") -> ESError:
+def shard_failure(reason: str, type_: str = "illegal_argument_exception",
+                  root: tuple[str, str] | None = None) -> ESError:
+    """A search that failed on its (only) shard; root: the root cause when it differs."""
+    root_type, root_reason = root or (type_, reason)
     return ESError(
         400,
         {
@@ -469,7 +461,7 @@ def shard_failure(reason: str, type_: str = "illegal_argument_exception") -> ESE
             "failed_shards": [],
             "caused_by": {"type": type_, "reason": reason},
         },
-        root_cause=[{"type": type_, "reason": reason}],
+        root_cause=[{"type": root_type, "reason": root_reason}],
     )
 
 

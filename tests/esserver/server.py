@@ -824,29 +824,32 @@ class ESTestServer:
         self.reset_stats()
 
     # ------------------------------------------------------------------ data accessors
+    def _stored(self, index: str, doc_id: str) -> tuple[Any, Any] | None:
+        """(backing index, stored document) by index, backing index or data stream name;
+        the caller holds the cluster lock."""
+        ds = self.cluster.data_streams.get(index)
+        candidates = ds.indices if ds else [self.cluster.indices[index]] \
+            if index in self.cluster.indices else []
+        for idx in reversed(candidates):
+            doc = idx.docs.get(doc_id)
+            if doc is not None:
+                return idx, doc
+        return None
+
     def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None:
         """``_source`` of a document (deep copy) by index, backing index or data stream name."""
         with self.cluster.lock:
-            ds = self.cluster.data_streams.get(index)
-            candidates = ds.indices if ds else [self.cluster.indices[index]] \
-                if index in self.cluster.indices else []
-            for idx in reversed(candidates):
-                doc = idx.docs.get(doc_id)
-                if doc is not None:
-                    return copy.deepcopy(doc.source)
-        return None
+            found = self._stored(index, doc_id)
+            return copy.deepcopy(found[1].source) if found else None
 
     def doc_meta(self, index: str, doc_id: str) -> dict[str, Any] | None:
         """``{"_index", "_version", "_seq_no"}`` of a stored document, or None."""
         with self.cluster.lock:
-            ds = self.cluster.data_streams.get(index)
-            candidates = ds.indices if ds else [self.cluster.indices[index]] \
-                if index in self.cluster.indices else []
-            for idx in reversed(candidates):
-                doc = idx.docs.get(doc_id)
-                if doc is not None:
-                    return {"_index": idx.name, "_version": doc.version, "_seq_no": doc.seq_no}
-        return None
+            found = self._stored(index, doc_id)
+            if found is None:
+                return None
+            idx, doc = found
+            return {"_index": idx.name, "_version": doc.version, "_seq_no": doc.seq_no}
 
     def docs(self, target: str = "*") -> dict[str, dict[str, Any]]:
         """All documents ``{_id: _source}`` (deep copies) of an index/data stream/pattern."""
