@@ -503,13 +503,13 @@ def _mem_cgroup_leaf() -> str | None:
 def test_bpf_reads_match_proc(btf: Btf) -> None:
     bcc = pytest.importorskip("bcc")
     offsets = kernel_offsets(btf)
-    prog = bcc.BPF(text=BPF_PROGRAM, cflags=offsets_as_cflags(offsets))
+    prog = bcc.BPF(text=BPF_PROGRAM.encode(), cflags=offsets_as_cflags(offsets))
     events: list[Event] = []
 
     def on_event(_ctx: object, data: int, size: int) -> None:
         events.append(Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(Event))))
 
-    prog["events"].open_ring_buffer(on_event)
+    prog[b"events"].open_ring_buffer(on_event)
     cgroup = _make_test_cgroup()
     cgroup_inodes = (os.stat(cgroup).st_ino, os.stat(cgroup.parent).st_ino) if cgroup else None
     try:
