@@ -95,11 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from collector.agent import Agent
     from collector.hostinfo import detect_host
+    from collector.malloc import keep_large_buffers_mmapped
     from collector.metrics import MetricsServer
     from collector.pipeline import Pipeline
     from collector.probes import ProbeError
 
     started = time.monotonic()
+    keep_large_buffers_mmapped()
     host = detect_host(cfg.host.name)
     metrics = None
     if cfg.metrics.enabled:

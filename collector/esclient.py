@@ -24,7 +24,7 @@ from typing import Any
 
 from elastic_transport import HttpHeaders, NodeConfig, Transport, Urllib3HttpNode
 from elasticsearch import Elasticsearch
-from elasticsearch.serializer import OrjsonSerializer
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from collector.config import Config, ConfigError, ElasticsearchConfig, elasticsearch_urls
 from collector.credentials import auth_options
@@ -75,6 +75,16 @@ class _GzipNode(Urllib3HttpNode):
         return super().perform_request(method, target, body=body, headers=sent, **kwargs)
 
 
+class _BulkBodySerializer(NdjsonSerializer):
+    """Passes a finished NDJSON body (the shipper's) through as it is: the stock serializer
+    copies it twice (into a bytearray, then into bytes), ~10 MiB of RSS per 5 MiB batch."""
+
+    def dumps(self, data: Any) -> bytes:
+        if isinstance(data, bytes) and data.endswith(b"\n"):
+            return data
+        return super().dumps(data)
+
+
 def _node_class_for(es: ElasticsearchConfig) -> type[Urllib3HttpNode]:
     if not es.gzip:
         return Urllib3HttpNode
@@ -101,7 +111,8 @@ def build_client(cfg: Config, request_timeout_s: float | None = None) -> Elastic
     return Elasticsearch(
         urls,
         transport_class=_transport_for(es.api_version),
-        serializer=OrjsonSerializer(),
+        serializers={"application/json": OrjsonSerializer(),
+                     "application/x-ndjson": _BulkBodySerializer()},
         node_class=_node_class_for(es),
         request_timeout=request_timeout_s or es.request_timeout_s,
         max_retries=0,

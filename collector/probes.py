@@ -8,7 +8,6 @@ available on every kernel we run on.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -24,6 +23,7 @@ from collector import bashfind
 from collector.btf import Btf
 from collector.config import CaptureConfig
 from collector.hostns import detect_host_namespaces
+from collector.malloc import release_free_heap
 from collector.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,6 @@ def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlin
     return ProgramSpec(text, cflags, families, mount)
 
 
-def _release_compiler_memory() -> None:
-    """Give LLVM's freed compile-time heap back to the kernel (tens of MiB of RSS)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 @dataclass
 class BashProbe:
     path: str
@@ -136,7 +130,7 @@ class Probes:
             for path in bashfind.initial_bash_paths(self.capture.bash_paths):
                 self.attach_bash(path)
         self.load_seconds = time.monotonic() - started
-        _release_compiler_memory()
+        release_free_heap()  # LLVM's compile-time heap: tens of MiB
 
     @property
     def families(self) -> tuple[str, ...]:
