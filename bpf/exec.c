@@ -20,6 +20,8 @@ struct exec_event {
     u32 args_fault;        /* reading user memory failed */
     u32 exe_dev;           /* kernel dev_t of the executable's filesystem (success only) */
     u64 exe_ino;           /* the executable's inode number (success only) */
+    u32 exe_gen;           /* its i_generation: tells a reused inode number apart */
+    u32 exe_pad;
     struct identity id;
     char filename[FILENAME_LEN];
     /* ARGS_BUF is ARGS_LIMIT rounded up to a power of two: offsets are masked with it, and
@@ -142,6 +144,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     }
     char *inode = KPTR(KPTR(bprm, OFF_LINUX_BINPRM_FILE), OFF_FILE_F_INODE);
     e->exe_ino = KREAD(u64, inode, OFF_INODE_I_INO);
+    e->exe_gen = KREAD(u32, inode, OFF_INODE_I_GENERATION);
     e->exe_dev = KREAD(u32, KPTR(inode, OFF_INODE_I_SB), OFF_SUPER_BLOCK_S_DEV);
     exec_emit(e, 0);
     exec_pending.delete(&old_tid);

@@ -135,21 +135,24 @@ class Agent:
         if "bash" not in self.probes.families:
             return
         # The kernel told us which file ran: known files cost a dict lookup, no syscall.
-        if event.exe in self.probes.bash_probes or event.exe in self.probes.known_not_bash:
+        if event.exe is not None and (
+            event.exe in self.probes.bash_probes
+            or (*event.exe, event.exe_generation) in self.probes.known_not_bash
+        ):
             return
         exe = doc["process"].get("executable", "")
         for path in bashfind.exe_candidates(event.who.pid, event.who.ppid, exe):
             key = bashfind.file_key(path)
             if key is None or (event.exe is not None and key != event.exe):
                 continue  # gone, or another file by that name now
-            if key in self.probes.bash_probes or key in self.probes.known_not_bash:
+            if key in self.probes.bash_probes:
                 return
             if bashfind.looks_like_bash(path):
                 probe = self.probes.attach_bash(path, hint_pid=event.who.pid)
                 if probe:
                     PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
             else:
-                self.probes.known_not_bash.add(key)
+                self.probes.known_not_bash.add((*key, event.exe_generation))
             return
 
     def _is_bash(self, pid: int) -> bool:

@@ -26,8 +26,8 @@ NS_FIELDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgr
 # (8 x u32), comm[16], tty_name[32], cgroup_name[128], uts_name[65], pad1[7].
 IDENTITY = struct.Struct("<QQ12Ii4x8I16s32s128s65s7x")
 # struct exec_event header: kind, syscall, retval, argc, args_len, args_truncated,
-# args_fault, exe_dev, exe_ino; identity; filename[512]; then args[] follows.
-EXEC_HEADER = struct.Struct("<IIiIIIIIQ")
+# args_fault, exe_dev, exe_ino, exe_gen, pad; identity; filename[512]; then args[] follows.
+EXEC_HEADER = struct.Struct("<IIiIIIIIQI4x")
 FILENAME_LEN = 512
 EXEC_ARGS_OFFSET = EXEC_HEADER.size + IDENTITY.size + FILENAME_LEN
 # struct ns_event: kind, syscall, retval, fd, flags, child_pid, pad, before, after; identity.
@@ -77,6 +77,8 @@ class ExecEvent:
     args_captured_bytes: int
     args_fault: bool
     exe: tuple[int, int] | None  # (st_dev, st_ino) of the executable, on success
+    # The inode's i_generation: a freed inode number comes back with another one.
+    exe_generation: int = 0
 
 
 @dataclass(slots=True)
@@ -140,7 +142,7 @@ def split_args(blob: bytes) -> list[bytes]:
 def decode_exec(data: bytes) -> ExecEvent:
     if len(data) < EXEC_ARGS_OFFSET:
         raise DecodeError(f"exec record of {len(data)} bytes is too short")
-    (_kind, syscall, retval, argc, args_len, truncated, fault, kdev, ino) = \
+    (_kind, syscall, retval, argc, args_len, truncated, fault, kdev, ino, generation) = \
         EXEC_HEADER.unpack_from(data)
     who = _who(data, EXEC_HEADER.size)
     filename = _cstr(data[EXEC_ARGS_OFFSET - FILENAME_LEN:EXEC_ARGS_OFFSET])
@@ -157,6 +159,7 @@ def decode_exec(data: bytes) -> ExecEvent:
         args_fault=bool(fault),
         # The kernel's dev_t is major << 20 | minor; st_dev uses the user-space encoding.
         exe=(os.makedev(kdev >> 20, kdev & 0xFFFFF), ino) if ino else None,
+        exe_generation=generation,
     )
 
 

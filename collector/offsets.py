@@ -92,6 +92,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
     _f("OFF_FILE_F_INODE", "file", "f_inode"),
     _f("OFF_INODE_I_INO", "inode", "i_ino"),
+    _f("OFF_INODE_I_GENERATION", "inode", "i_generation"),
     _f("OFF_INODE_I_SB", "inode", "i_sb"),
     _f("OFF_SUPER_BLOCK_S_DEV", "super_block", "s_dev"),
     # cred (kuid_t/kgid_t wrap the integer in .val)

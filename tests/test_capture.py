@@ -416,6 +416,37 @@ def test_copy_of_bash_elsewhere_gets_probed(agent: RunningAgent, tmp_path: Path)
     assert docs[0]["process"]["name"] == "renamed-shell"
 
 
+def test_bash_copy_on_a_reused_inode_gets_probed(agent: RunningAgent, tmp_path: Path) -> None:
+    """Regression (a flaky run): a non-bash executable is remembered as such by its inode;
+    once deleted, ext4 hands its inode number to the next new file. A bash copy there must
+    still be probed: the kernel's i_generation tells the two files apart."""
+    probes = agent.agent.probes
+    not_bash = tmp_path / "not-bash"
+    shutil.copy2("/bin/true", not_bash)
+    st = os.stat(not_bash)
+    subprocess.run([str(not_bash)], check=True)
+    deadline = time.monotonic() + 10
+    while (not any(k[:2] == (st.st_dev, st.st_ino) for k in probes.known_not_bash)
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert any(k[:2] == (st.st_dev, st.st_ino) for k in probes.known_not_bash)
+    not_bash.unlink()
+    copy = tmp_path / "reused-shell"
+    shutil.copy2("/bin/bash", copy)
+    if os.stat(copy).st_ino != st.st_ino:
+        pytest.skip(f"{tmp_path} did not reuse the freed inode: nothing to tell apart here")
+    subprocess.run([str(copy), "-c", "true"], check=True)
+    key = (st.st_dev, st.st_ino)
+    deadline = time.monotonic() + 10
+    while key not in probes.bash_probes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert key in probes.bash_probes
+    mark = marker()
+    pid, _ = _run_in_pty([str(copy), "--norc", "--noprofile", "-i"],
+                         [f"echo reused-{mark}\n".encode(), b"exit\n"])
+    assert _bash_lines(agent, pid, 2)[0]["audit_collector"]["bash"]["line"] == f"echo reused-{mark}"
+
+
 def test_no_events_lost_in_normal_operation(agent: RunningAgent) -> None:
     assert not [d for d in agent.sink.docs if d["event"]["action"] == "events_lost"]
     assert agent.agent.probes.lost_counts() == {"exec": 0, "namespace": 0, "bash": 0}
