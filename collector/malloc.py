@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from typing import Any
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter, <malloc.h>
 LARGE_BUFFER_BYTES = 256 << 10
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
+def _glibc_call(name: str, *args: Any) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        getattr(ctypes.CDLL("libc.so.6"), name)(*args)
 
 
 def keep_large_buffers_mmapped() -> None:
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
+    _glibc_call("mallopt", M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
 
 
 def release_free_heap() -> None:
     """Give freed heap pages back to the kernel (LLVM's compile-time heap: tens of MiB)."""
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            libc.malloc_trim(0)
+    _glibc_call("malloc_trim", 0)

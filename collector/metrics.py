@@ -25,6 +25,7 @@ class Metric:
         self.kind = kind  # "counter", "gauge" or "summary"
         self._values: dict[Labels, float] = {}
         self._lock = threading.Lock()
+        self._read: Callable[[], float | None] | None = None  # see track()
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = _labels(labels)
@@ -50,8 +51,6 @@ class Metric:
         held weakly: once it is gone, the last value read stays."""
         ref = weakref.ref(owner)
         self._read = lambda: None if (alive := ref()) is None else read(alive)
-
-    _read: Callable[[], float | None] | None = None
 
     def _refresh(self) -> None:
         value = self._read() if self._read is not None else None

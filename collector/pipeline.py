@@ -61,9 +61,10 @@ class Pipeline:
         self._closed = False
         self._client = client
         if self._spool is not None:
-            auth_options(cfg.elasticsearch)  # a missing secret fails here, not later
             if start_shipping:
                 self.start_shipping()
+            else:
+                auth_options(cfg.elasticsearch)  # a missing secret fails now, not later
 
     # ------------------------------------------------------------------ public API
 
