@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collector.chain import SealedDoc, Sealer
-from collector.decoding import ExecEvent, Who
-from collector.documents import Doc, DocumentBuilder
-from collector.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
-from collector.hostinfo import HostInfo, detect_host
-from collector.hostns import HostNamespaces, detect_host_namespaces
+from collector.capture.hostns import HostNamespaces, detect_host_namespaces
+from collector.capture.records import ExecEvent, Who
+from collector.delivery.chain import SealedDoc, Sealer
+from collector.ecs.documents import Doc, DocumentBuilder
+from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.ecs.host import HostInfo, detect_host
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
 COMMANDS: tuple[tuple[str, ...], ...] = (
@@ -120,8 +120,8 @@ def stage_costs(workdir: Path, count: int = 5000) -> dict[str, float]:
     """Microseconds per exec event spent in each user-space stage after decoding, measured
     in-process on realistic events (no BPF, no other load): what the capture loop pays."""
     from collector.config import SpoolConfig
-    from collector.outputs import FileSink
-    from collector.spool import Spool
+    from collector.delivery.sinks import FileSink
+    from collector.delivery.spool import Spool
 
     host = detect_host()
     builder, host_ns, cgroup = _builder(host)

@@ -2,10 +2,10 @@
 
     python -m bench.ship [--docs N] [--drain-docs N] [--quick]
 
-Measures the collector's own code: realistic exec documents (collector.documents +
-collector.chain.Sealer) appended to a collector.spool.Spool, shipped by one
-collector.shipping.Shipper thread through the client from collector.esclient to the ES
-test server (its own process, on loopback).
+Measures the collector's own code: realistic exec documents (collector.ecs.documents +
+collector.delivery.chain.Sealer) appended to a collector.delivery.spool.Spool, shipped by one
+collector.delivery.elasticsearch.shipper.Shipper thread through the client from
+collector.delivery.elasticsearch.client to the ES test server (its own process, on loopback).
 
 * Matrix: response serializer of the client (orjson, the default, vs the standard library
   json), gzip request bodies on/off, batch.max_docs 100 / 1000 / 5000. Each case fills a
@@ -51,10 +51,10 @@ from bench.report import (
     write_result,
 )
 from bench.tracers import free_port
-from collector import esclient
 from collector.config import Config, config_from_mapping
-from collector.shipping import Shipper, bulk_body
-from collector.spool import Spool
+from collector.delivery.elasticsearch import client as esclient
+from collector.delivery.elasticsearch.shipper import Shipper, bulk_body
+from collector.delivery.spool import Spool
 
 SERIALIZERS = ("orjson", "json")
 BATCH_SIZES = (100, 1000, 5000)
@@ -94,7 +94,7 @@ def collector_config(workdir: Path, url: str, case: Case, spool_bytes: int) -> C
 
 @contextmanager
 def serializer_swapped(name: str) -> Any:
-    """collector.esclient.build_client, with the stdlib json serializer when asked."""
+    """The collector's build_client, with the stdlib json serializer when asked."""
     if name == "orjson":
         yield
         return
@@ -210,7 +210,7 @@ def _rate(fn: Any, pool: list[dict[str, Any]], seconds: float) -> float:
 
 def gzip_rates(source: DocumentSource, docs: int = 1000) -> dict[str, Any]:
     """What gzip costs per bulk body: level 9 (elastic_transport's gzip.compress) vs 1."""
-    from collector.spool import Record
+    from collector.delivery.spool import Record
 
     records = [Record(0, 0, 0, s.seq, s.id, s.data) for s in (source.next() for _ in range(docs))]
     body = bulk_body(records)

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from collector import bashfind
+from collector.capture import bashfind
+from collector.capture.hostns import detect_host_namespaces
+from collector.capture.probes import Probes
+from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
 from collector.config import Config
-from collector.decoding import BashEvent, DecodeError, ExecEvent, decode
-from collector.documents import Doc, DocumentBuilder, events_lost_document
-from collector.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
-from collector.hostinfo import HostInfo
-from collector.hostns import detect_host_namespaces
+from collector.ecs.documents import Doc, DocumentBuilder, events_lost_document
+from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.ecs.host import HostInfo
 from collector.metrics import EVENTS_CAPTURED, EVENTS_LOST, PROBES_ATTACHED, REGISTRY
-from collector.probes import Probes
 
 log = logging.getLogger(__name__)
 

@@ -94,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from collector.agent import Agent
-    from collector.hostinfo import detect_host
-    from collector.malloc import keep_large_buffers_mmapped
+    from collector.capture.malloc import keep_large_buffers_mmapped
+    from collector.capture.probes import ProbeError
+    from collector.delivery.pipeline import Pipeline
+    from collector.ecs.host import detect_host
     from collector.metrics import MetricsServer
-    from collector.pipeline import Pipeline
-    from collector.probes import ProbeError
 
     started = time.monotonic()
     keep_large_buffers_mmapped()
@@ -174,13 +174,13 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_setup(cfg: Config, args: argparse.Namespace) -> int:
-    from collector.esindex import setup_cluster
+    from collector.delivery.elasticsearch.index import setup_cluster
 
     return setup_cluster(cfg)
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
-    from collector.verify import run_verify
+    from collector.delivery.elasticsearch.verify import run_verify
 
     return run_verify(cfg, args.host_id, sys.stdout)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from collector import bashfind
+from collector.capture import bashfind
 from collector.checks import CheckResult
 from collector.config import Config, outputs_of
 
@@ -65,8 +65,8 @@ def check_privileges(caps: int | None = None, paranoid: int | None = None) -> Ch
 
 
 def check_btf() -> CheckResult:
-    from collector.btf import Btf, BtfError
-    from collector.offsets import explain_missing, resolve_offsets
+    from collector.capture.btf import Btf, BtfError
+    from collector.capture.offsets import explain_missing, resolve_offsets
 
     if not Path(BTF_PATH).exists():
         return CheckResult("kernel BTF", False,
@@ -188,7 +188,7 @@ def check_outputs(cfg: Config) -> list[CheckResult]:
         elif output.kind == "stdout":
             results.append(CheckResult("output stdout", True, "ok"))
     if any(o.kind == "elasticsearch" for o in outputs_of(cfg)):
-        from collector.esindex import check_cluster
+        from collector.delivery.elasticsearch.index import check_cluster
 
         results.extend(check_cluster(cfg))
     return results
@@ -198,7 +198,7 @@ def check_load(cfg: Config) -> CheckResult:
     """Really compile, load and attach the probes, then detach: the definitive answer."""
     import time
 
-    from collector.probes import ProbeError, Probes
+    from collector.capture.probes import ProbeError, Probes
 
     probes = Probes(cfg.capture)
     started = time.monotonic()

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from capture_support import Doc, RunningAgent
 
-from collector.decoding import BASH_LINE_OFFSET, EXEC_ARGS_OFFSET, NS_RECORD_SIZE
-from collector.documents import unescape_text
+from collector.capture.records import BASH_LINE_OFFSET, EXEC_ARGS_OFFSET, NS_RECORD_SIZE
+from collector.ecs.documents import unescape_text
+from tests.capture.support import Doc, RunningAgent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
@@ -453,9 +453,8 @@ def test_no_events_lost_in_normal_operation(agent: RunningAgent) -> None:
 
 
 def test_documents_use_only_documented_fields(agent: RunningAgent) -> None:
-    from test_fields import leaf_paths
-
     from collector.fields import FIELDS
+    from tests.ecs.test_fields import leaf_paths
 
     used: set[str] = set()
     for doc in agent.sink.docs:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.btf import VMLINUX_BTF, ArrayType, Btf, BtfError
+from collector.capture.btf import VMLINUX_BTF, ArrayType, Btf, BtfError
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import __version__
-from collector.decoding import BashEvent, Event, ExecEvent, NamespaceEvent, Who
-from collector.enrichment import (
+from collector.capture.hostns import HostNamespaces
+from collector.capture.records import BashEvent, Event, ExecEvent, NamespaceEvent, Who
+from collector.ecs.enrichment import (
     CgroupPaths,
     Container,
     NameCache,
@@ -26,9 +27,8 @@ from collector.enrichment import (
     iso_utc_ns,
     tty_display_name,
 )
+from collector.ecs.host import HostInfo
 from collector.fields import CUSTOM_ROOT, ECS_VERSION
-from collector.hostinfo import HostInfo
-from collector.hostns import HostNamespaces
 
 Doc = dict[str, Any]
 

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from collector.chain import ChainPoint, SealedDoc, Sealer, point_of
 from collector.config import Config, outputs_of
-from collector.credentials import auth_options
-from collector.documents import events_lost_document
-from collector.hostinfo import HostInfo
-from collector.outputs import FileSink, Sink, StdoutSink, last_point_in_file
-from collector.spool import DroppedRange, Spool
+from collector.delivery.chain import ChainPoint, SealedDoc, Sealer, point_of
+from collector.delivery.elasticsearch.credentials import auth_options
+from collector.delivery.sinks import FileSink, Sink, StdoutSink, last_point_in_file
+from collector.delivery.spool import DroppedRange, Spool
+from collector.ecs.documents import events_lost_document
+from collector.ecs.host import HostInfo
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ class Pipeline:
             return
         # Imported here: the client adds ~11 MiB, which `run` keeps out of the probe
         # compilation's peak.
-        from collector.esclient import build_client
-        from collector.shipping import Shipper
+        from collector.delivery.elasticsearch.client import build_client
+        from collector.delivery.elasticsearch.shipper import Shipper
 
         client = self._client or build_client(self._cfg)
         self._shipper = Shipper(self._cfg, self._spool, client)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.hostns import HostNamespaces
+from collector.capture.hostns import HostNamespaces
 
 # --------------------------------------------------------------------------- time
 

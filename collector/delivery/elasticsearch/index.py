@@ -36,7 +36,7 @@ from elasticsearch import ApiError, Elasticsearch, NotFoundError
 from collector import __version__
 from collector.checks import CheckResult
 from collector.config import Config, ConfigError
-from collector.esclient import build_client
+from collector.delivery.elasticsearch.client import build_client
 from collector.fields import FIELDS
 
 TEMPLATE_PRIORITY = 200

@@ -1,4 +1,4 @@
-"""Tests for collector.btf / collector.offsets.
+"""Tests for collector.capture.btf / collector.capture.offsets.
 
 Most tests parse the running kernel's BTF (root only).  The strongest check compiles a
 BPF program with BCC that reads kernel structs purely through the computed offsets and
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.btf import (
+from collector.capture.btf import (
     VMLINUX_BTF,
     ArrayType,
     Btf,
@@ -28,7 +28,7 @@ from collector.btf import (
     Kind,
     StructType,
 )
-from collector.offsets import (
+from collector.capture.offsets import (
     explain_missing,
     kernel_offsets,
     load_kernel_offsets,

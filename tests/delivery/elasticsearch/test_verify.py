@@ -10,12 +10,12 @@ import orjson
 import pytest
 from elasticsearch import Elasticsearch
 
-from collector.chain import ChainPoint, Sealer, chain_hash, content_bytes
 from collector.config import Config
-from collector.esclient import build_client
-from collector.pipeline import Pipeline
-from collector.verify import LossReport, run_verify, verify_documents
-from tests.delivery_helpers import DATA_STREAM, HOST, doc_id, make_config, submit_docs
+from collector.delivery.chain import ChainPoint, Sealer, chain_hash, content_bytes
+from collector.delivery.elasticsearch.client import build_client
+from collector.delivery.elasticsearch.verify import LossReport, run_verify, verify_documents
+from collector.delivery.pipeline import Pipeline
+from tests.delivery.helpers import DATA_STREAM, HOST, doc_id, make_config, submit_docs
 from tests.esserver import ESTestServer
 
 

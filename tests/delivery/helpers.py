@@ -13,7 +13,7 @@ from collector.config import (
     RetryConfig,
     SpoolConfig,
 )
-from collector.hostinfo import HostInfo
+from collector.ecs.host import HostInfo
 
 HOST = HostInfo(name="test-host", id="0123456789abcdef0123456789abcdef", boot_id="b00t",
                 kernel="6.1.0", architecture="x86_64")

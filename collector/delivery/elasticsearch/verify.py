@@ -5,7 +5,7 @@ Two passes over the data stream, both sorted by ``event.sequence`` and paged wit
 collector itself declared lost), then every document. The tiebreaker sort key is the
 chain hash: sorting on ``_id`` needs fielddata on ``_id``, which Elasticsearch 8 disables.
 
-For each document the chain hash is recomputed (see `collector.chain`), and:
+For each document the chain hash is recomputed (see `collector.delivery.chain`), and:
 
 * hash mismatch                       -> EDITED (content changed after sealing);
 * ``prev`` != previous document's hash -> CHAIN BREAK (the previous document was rewritten
@@ -31,9 +31,9 @@ from typing import Any, TextIO
 from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch
 
-from collector.chain import GENESIS_PREV, chain_hash, chain_of, content_bytes
 from collector.config import Config, ConfigError
-from collector.esclient import build_client
+from collector.delivery.chain import GENESIS_PREV, chain_hash, chain_of, content_bytes
+from collector.delivery.elasticsearch.client import build_client
 
 PAGE_SIZE = 1000
 SORT = [{"event.sequence": {"order": "asc"}},

@@ -42,10 +42,10 @@ from tenacity import (
     wait_random,
 )
 
-from collector.batching import BatchWindow
 from collector.config import Config
+from collector.delivery.elasticsearch.batching import BatchWindow
+from collector.delivery.spool import DroppedRange, Record, Spool
 from collector.metrics import DOCUMENTS_EMITTED, REGISTRY
-from collector.spool import DroppedRange, Record, Spool
 
 log = logging.getLogger(__name__)
 

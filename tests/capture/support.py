@@ -14,7 +14,7 @@ from typing import Any
 
 from collector.agent import Agent
 from collector.config import config_from_mapping
-from collector.hostinfo import detect_host
+from collector.ecs.host import detect_host
 
 Doc = dict[str, Any]
 

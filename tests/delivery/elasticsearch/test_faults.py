@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from collector.config import Config
-from collector.esindex import setup_cluster
+from collector.delivery.elasticsearch.index import setup_cluster
+from collector.delivery.elasticsearch.verify import run_verify
+from collector.delivery.pipeline import Pipeline
 from collector.metrics import REGISTRY
-from collector.pipeline import Pipeline
-from collector.verify import run_verify
-from tests.delivery_helpers import (
+from tests.delivery.helpers import (
     HOST,
     Run,
     dead_letter_ids,
@@ -34,10 +34,10 @@ from tests.delivery_helpers import (
     submit_docs,
     synthetic_doc,
 )
+from tests.delivery.test_spool import small_tmpfs
 from tests.esserver import ESTestServer
-from tests.test_spool import small_tmpfs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_elasticsearch_down_30s_then_up(server: ESTestServer, tmp_path: Path) ->
 
 def start_driver(tmp: Path, url: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "tests.pipeline_driver", str(tmp), url,
+    return subprocess.Popen([sys.executable, "-m", "tests.delivery.pipeline_driver", str(tmp), url,
                              *args], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
 
 

@@ -11,9 +11,14 @@ from typing import Any
 
 import pytest
 
-from collector.esindex import check_cluster, field_properties, setup_cluster, template_body
+from collector.delivery.elasticsearch.index import (
+    check_cluster,
+    field_properties,
+    setup_cluster,
+    template_body,
+)
 from collector.fields import FIELDS
-from tests.delivery_helpers import DATA_STREAM, make_config
+from tests.delivery.helpers import DATA_STREAM, make_config
 from tests.esserver import ESTestServer
 
 

@@ -27,7 +27,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from collector.config import Config, ConfigError, ElasticsearchConfig, elasticsearch_urls
-from collector.credentials import auth_options
+from collector.delivery.elasticsearch.credentials import auth_options
 
 _COMPAT_RE = re.compile(r"compatible-with=\d+")
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from collector.documents import errno_name, escape_bytes, texts, unescape_text
-from collector.enrichment import (
+from collector.ecs.documents import errno_name, escape_bytes, texts, unescape_text
+from collector.ecs.enrichment import (
     WallClock,
     container_from_cgroup,
     iso_utc_ns,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from collector.chain import (
+from collector.delivery.chain import (
     GENESIS_PREV,
     ChainPoint,
     Sealer,
@@ -17,7 +17,7 @@ from collector.chain import (
     content_bytes,
     point_of,
 )
-from tests.delivery_helpers import HOST, synthetic_doc
+from tests.delivery.helpers import HOST, synthetic_doc
 
 
 def test_seal_numbers_ids_and_chains(tmp_path: Path) -> None:
@@ -92,8 +92,8 @@ def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:
 
 def test_file_sink_only_pipeline_recovers_from_the_file(tmp_path: Path) -> None:
     """Without a spool, a lost state file is recovered from the sink's last line."""
-    from collector.pipeline import Pipeline
-    from tests.delivery_helpers import make_config
+    from collector.delivery.pipeline import Pipeline
+    from tests.delivery.helpers import make_config
 
     cfg = make_config(tmp_path)  # file output only
     pipeline = Pipeline(cfg, HOST)
@@ -113,7 +113,7 @@ def test_file_sink_only_pipeline_recovers_from_the_file(tmp_path: Path) -> None:
 def test_spliced_chain_matches_a_full_serialisation() -> None:
     import orjson
 
-    from collector.chain import canonical, content_bytes, with_chain
+    from collector.delivery.chain import canonical, content_bytes, with_chain
 
     cases = [
         {"@timestamp": "t", "agent": {"name": 'x"audit_collector":{'},

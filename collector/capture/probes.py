@@ -19,12 +19,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from collector import bashfind
-from collector.btf import Btf
+from collector.capture import bashfind
+from collector.capture.btf import Btf
+from collector.capture.hostns import detect_host_namespaces
+from collector.capture.malloc import release_free_heap
+from collector.capture.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 from collector.config import CaptureConfig
-from collector.hostns import detect_host_namespaces
-from collector.malloc import release_free_heap
-from collector.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 
 log = logging.getLogger(__name__)
 

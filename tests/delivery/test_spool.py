@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from collector.config import SpoolConfig
+from collector.delivery.spool import HEADER_SIZE, Spool
 from collector.metrics import REGISTRY
-from collector.spool import HEADER_SIZE, Spool
 
 PAYLOAD = b'{"event":{"sequence":%d},"pad":"' + b"p" * 200 + b'"}'
 

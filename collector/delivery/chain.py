@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from collector.hostinfo import HostInfo
+from collector.ecs.host import HostInfo
 from collector.metrics import REGISTRY
 
 STATE_FILE = "chain.state"

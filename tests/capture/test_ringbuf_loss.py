@@ -7,7 +7,8 @@ import subprocess
 import uuid
 
 import pytest
-from capture_support import RunningAgent
+
+from tests.capture.support import RunningAgent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 

@@ -14,13 +14,13 @@ import pytest
 from elasticsearch import BadRequestError
 
 from collector.config import ConfigError
-from collector.esclient import _tls_options, build_client
-from collector.esindex import setup_cluster
+from collector.delivery.elasticsearch.client import _tls_options, build_client
+from collector.delivery.elasticsearch.index import setup_cluster
+from collector.delivery.elasticsearch.shipper import _item_retriable
+from collector.delivery.pipeline import Pipeline
+from collector.delivery.spool import Spool
 from collector.metrics import REGISTRY
-from collector.pipeline import Pipeline
-from collector.shipping import _item_retriable
-from collector.spool import Spool
-from tests.delivery_helpers import (
+from tests.delivery.helpers import (
     DATA_STREAM,
     HOST,
     dead_letter_ids,
@@ -165,7 +165,7 @@ def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_p
 def external_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The test server in its own process, so it does not share our GIL (as a real one)."""
     port_file = tmp_path_factory.mktemp("esserver") / "port"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     proc = subprocess.Popen([sys.executable, "-m", "tests.esserver", "--port", "0",
                              "--port-file", str(port_file)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

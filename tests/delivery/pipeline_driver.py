@@ -1,6 +1,6 @@
 """Drive a Pipeline in a separate process (the SIGKILL tests): submit synthetic documents.
 
-    python -m tests.pipeline_driver TMPDIR URL --count N [--start K] [--hold] [--close S]
+    python -m tests.delivery.pipeline_driver TMPDIR URL --count N [--start K] [--hold] [--close S]
 
 Prints "READY <first seq> <last seq>" once every document is submitted and the spool is
 flushed; with --hold it then keeps ticking until killed, otherwise it closes the pipeline
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from collector.pipeline import Pipeline
-from tests.delivery_helpers import HOST, make_config, synthetic_doc
+from collector.delivery.pipeline import Pipeline
+from tests.delivery.helpers import HOST, make_config, synthetic_doc
 
 
 def main() -> int:

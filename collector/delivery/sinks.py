@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from collector.chain import ChainPoint, point_of
+from collector.delivery.chain import ChainPoint, point_of
 from collector.metrics import DOCUMENTS_EMITTED
 
 TAIL_PROBE_BYTES = 1 << 20
