@@ -14,10 +14,21 @@ Usage::
 
 Standalone: ``python -m tests.esserver --host 127.0.0.1 --port 9200 --major 8``.
 
+Routes (``api.py``, one table; anything else is answered like Elasticsearch answers a path it
+does not know: 400 ``no handler found``, or 405 for a known path with another method)::
+
+    GET|HEAD /                            POST|PUT /_bulk, /{index}/_bulk
+    GET|POST /_search, /{index}/_search   GET|POST /_count, /{index}/_count
+    GET|POST /_refresh, /{index}/_refresh
+    GET|PUT  /_index_template/{name}      GET /_data_stream[/{name}], PUT /_data_stream/{name}
+    GET|PUT  /_ilm/policy/{name}          GET|PUT /{index}/_mapping
+    GET|PUT|POST|DELETE /{index}/_doc/{id}, POST /{index}/_doc, PUT /{index}/_create/{id},
+    POST /{index}/_update/{id}
+
 Counter keys (``srv.stats()`` / ``GET /_test/stats``):
 ``requests``, ``requests.<endpoint>`` (endpoints: info, bulk, search, count, refresh, doc,
-update, index, mapping, settings, index_template, component_template, data_stream, ilm,
-cluster, cat, rollover, delete_by_query, other), ``responses.<status>``, ``connections``,
+update, mapping, index_template, data_stream, ilm, other), ``responses.<status>``,
+``connections``,
 ``bulk.requests.applied``, ``bulk.items``, ``bulk.items.<outcome>`` (created, updated,
 deleted, not_found, noop, conflict, mapping_error, rejected, unavailable, error),
 ``bulk.items.status.<code>``, ``faults.<kind>`` (status, items, mapping, delay, reset, down),

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -309,28 +308,6 @@ class Cluster:
                 "minimum_index_compatibility_version": v["minimum_index_compatibility_version"],
             },
             "tagline": "You Know, for Search",
-        }
-
-    def health(self, target: str | None = None) -> dict[str, Any]:
-        with self.lock:
-            n = len(self.resolve(target, allow_no_indices=False)) if target else len(self.indices)
-        return {
-            "cluster_name": self.cluster_name,
-            "status": "green",
-            "timed_out": False,
-            "number_of_nodes": 1,
-            "number_of_data_nodes": 1,
-            "active_primary_shards": n,
-            "active_shards": n,
-            "relocating_shards": 0,
-            "initializing_shards": 0,
-            "unassigned_shards": 0,
-            "unassigned_primary_shards": 0,
-            "delayed_unassigned_shards": 0,
-            "number_of_pending_tasks": 0,
-            "number_of_in_flight_fetch": 0,
-            "task_max_waiting_in_queue_millis": 0,
-            "active_shards_percent_as_number": 100.0,
         }
 
     # ================================================================== names & templates
@@ -985,91 +962,7 @@ class Cluster:
             out["aggregations"] = agg_out
         return out
 
-    def delete_by_query(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        with self.lock:
-            indices = self.resolve(target)
-            deleted = 0
-            for idx in indices:
-                pred = QueryCompiler(idx.mapping).compile(body.get("query"))
-                for doc_id in [d for d, doc in idx.docs.items() if pred(d, doc.source)]:
-                    self._delete(idx, doc_id, {}, False)
-                    deleted += 1
-        return {"took": int((time.perf_counter() - t0) * 1000), "timed_out": False,
-                "total": deleted, "deleted": deleted, "batches": 1 if deleted else 0,
-                "version_conflicts": 0, "noops": 0,
-                "retries": {"bulk": 0, "search": 0}, "throttled_millis": 0,
-                "requests_per_second": -1.0, "throttled_until_millis": 0, "failures": []}
-
     # ================================================================== indices
-    def create_index(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        with self.lock:
-            if name in self.indices:
-                idx = self.indices[name]
-                raise ESError(400, {"type": "resource_already_exists_exception",
-                                    "reason": f"index [{name}/{idx.uuid}] already exists",
-                                    "index_uuid": idx.uuid, "index": name})
-            if name in self.data_streams:
-                raise ESError(400, {"type": "resource_already_exists_exception",
-                                    "reason": f"data stream [{name}] already exists",
-                                    "index_uuid": "_na_", "index": name})
-            self.validate_index_name(name)
-            tpl = self.find_template(name)
-            if tpl is not None and tpl[1].get("data_stream") is not None:
-                raise illegal_argument(
-                    f"cannot create index with name [{name}], because it matches with template "
-                    f"[{tpl[0]}] that creates data streams only, use create data stream api "
-                    "instead")
-            self._new_index(name, tpl, body)
-        return {"acknowledged": True, "shards_acknowledged": True, "index": name}
-
-    def delete_index(self, target: str) -> dict[str, Any]:
-        with self.lock:
-            names: list[str] = []
-            for expr in target.split(","):
-                if "*" in expr or expr == "_all":
-                    raise illegal_argument(
-                        f"Wildcard expressions or all indices are not allowed: {target}"
-                        if self.major >= 8 else "wildcards disabled")
-                if expr in self.data_streams:
-                    raise illegal_argument(
-                        f"The provided expression [{expr}] matches a data stream, specify the "
-                        "corresponding concrete indices instead.")
-                idx = self.indices.get(expr)
-                if idx is None:
-                    raise index_not_found(expr)
-                if idx.data_stream is not None:
-                    ds = self.data_streams[idx.data_stream]
-                    if ds.write_index is idx:
-                        raise illegal_argument(
-                            f"index [{expr}] is the write index for data stream "
-                            f"[{ds.name}] and cannot be deleted")
-                names.append(expr)
-            for n in names:
-                idx = self.indices.pop(n)
-                if idx.data_stream is not None:
-                    ds = self.data_streams[idx.data_stream]
-                    ds.indices = [i for i in ds.indices if i is not idx]
-        return {"acknowledged": True}
-
-    def get_index(self, target: str) -> dict[str, Any]:
-        with self.lock:
-            out: dict[str, Any] = {}
-            for idx in self.resolve(target, allow_no_indices=True):
-                entry: dict[str, Any] = {"aliases": {}, "mappings": idx.mapping.to_dict(),
-                                         "settings": idx.settings_body(self.major)}
-                if idx.data_stream is not None:
-                    entry["data_stream"] = idx.data_stream
-                out[idx.name] = entry
-            return out
-
-    def index_exists(self, target: str) -> bool:
-        with self.lock:
-            try:
-                return bool(self.resolve(target, allow_no_indices=False))
-            except ESError:
-                return False
-
     def get_mapping(self, target: str | None) -> dict[str, Any]:
         with self.lock:
             return {idx.name: {"mappings": idx.mapping.to_dict()}
@@ -1081,29 +974,10 @@ class Cluster:
                 idx.mapping.merge(body)
         return {"acknowledged": True}
 
-    def get_settings(self, target: str | None) -> dict[str, Any]:
-        with self.lock:
-            return {idx.name: {"settings": idx.settings_body(self.major)}
-                    for idx in self.resolve(target)}
-
     def refresh(self, target: str | None) -> dict[str, Any]:
         with self.lock:
             n = len(self.resolve(target))
         return {"_shards": {"total": n * 2, "successful": n, "failed": 0}}
-
-    def cat_indices(self, target: str | None) -> list[dict[str, Any]]:
-        with self.lock:
-            rows = []
-            for idx in self.resolve(target):
-                size = sum(len(orjson.dumps(d.source)) for d in idx.docs.values())
-                rows.append({
-                    "health": "green", "status": "open", "index": idx.name, "uuid": idx.uuid,
-                    "pri": "1", "rep": str(idx.shards_total - 1),
-                    "docs.count": str(len(idx.docs)),
-                    "docs.deleted": "0", "store.size": f"{size}b", "pri.store.size": f"{size}b",
-                    "dataset.size": f"{size}b",
-                })
-            return rows
 
     # ================================================================== index templates
     def put_template(self, name: str, body: dict[str, Any], create: bool = False
@@ -1187,51 +1061,6 @@ class Cluster:
                                        f"index template matching [{expr}] not found")
             return {"index_templates": [{"name": n, "index_template": t} for n, t in sel]}
 
-    def template_exists(self, name: str) -> bool:
-        with self.lock:
-            return any(fnmatch.fnmatchcase(n, e) for e in name.split(",") for n in self.templates)
-
-    def delete_template(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            names = [n for n in name.split(",")]
-            for n in names:
-                if n not in self.templates:
-                    raise es_error(404, "index_template_missing_exception",
-                                   f"index_template [{n}] missing")
-                users = [ds.name for ds in self.data_streams.values() if ds.template == n]
-                if users:
-                    raise illegal_argument(
-                        f"unable to remove composable templates [{n}] as they are in use by a "
-                        f"data streams [{', '.join(sorted(users))}]")
-            for n in names:
-                del self.templates[n]
-        return {"acknowledged": True}
-
-    def put_component_template(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        if "template" not in body:
-            raise es_error(400, "x_content_parse_exception",
-                           "[1:2] Required [template]")
-        with self.lock:
-            self.component_templates[name] = dict(body)
-        return {"acknowledged": True}
-
-    def get_component_templates(self, name: str | None) -> dict[str, Any]:
-        with self.lock:
-            sel = [(n, t) for n, t in self.component_templates.items()
-                   if not name or any(fnmatch.fnmatchcase(n, e) for e in name.split(","))]
-            if name and "*" not in name and not sel:
-                raise es_error(404, "resource_not_found_exception",
-                               f"Component template matching [{name}] not found")
-            return {"component_templates": [{"name": n, "component_template": t}
-                                            for n, t in sel]}
-
-    def delete_component_template(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            if name not in self.component_templates:
-                raise es_error(404, "resource_not_found_exception", name)
-            del self.component_templates[name]
-        return {"acknowledged": True}
-
     # ================================================================== data streams
     def put_data_stream(self, name: str) -> dict[str, Any]:
         with self.lock:
@@ -1290,33 +1119,6 @@ class Cluster:
             out["ilm_policy"] = policy
         return out
 
-    def delete_data_stream(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            targets: list[str] = []
-            for expr in name.split(","):
-                if "*" in expr:
-                    targets += [n for n in self.data_streams if fnmatch.fnmatchcase(n, expr)]
-                elif expr in self.data_streams:
-                    targets.append(expr)
-                else:
-                    raise index_not_found(expr)
-            for n in targets:
-                ds = self.data_streams.pop(n)
-                for bi in ds.indices:
-                    self.indices.pop(bi.name, None)
-        return {"acknowledged": True}
-
-    def rollover(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            ds = self.data_streams.get(name)
-            if ds is None:
-                raise illegal_argument(f"rollover target [{name}] does not exist")
-            old = ds.write_index.name
-            new = self._rollover(ds).name
-        return {"acknowledged": True, "shards_acknowledged": True, "old_index": old,
-                "new_index": new, "rolled_over": True, "dry_run": False, "lazy": False,
-                "conditions": {}}
-
     # ================================================================== ILM
     def put_ilm(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         policy = body.get("policy")
@@ -1352,14 +1154,6 @@ class Cluster:
                                              "composable_templates": []}}
             return res
 
-    def delete_ilm(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            if name not in self.ilm:
-                raise es_error(404, "resource_not_found_exception",
-                               f"Lifecycle policy not found: {name}")
-            del self.ilm[name]
-        return {"acknowledged": True}
-
     # ================================================================== test accessors
     def find_docs(self, target: str) -> dict[str, dict[str, Any]]:
         with self.lock:
@@ -1369,8 +1163,6 @@ class Cluster:
                     out[doc_id] = doc.source
             return out
 
-    def all_indices(self) -> Iterable[Index]:
-        return list(self.indices.values())
 
 
 def _shards(n: int) -> dict[str, int]:
