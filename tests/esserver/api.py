@@ -1,7 +1,8 @@
 """The Elasticsearch REST API the product and its tests call, as a route table.
 
 Only what is called is here (collector: info, bulk, search, ILM policy, index template,
-data stream, put mapping; tests: single-document APIs, count, refresh).  Every handler
+data stream, put mapping; tests: single-document APIs, count, refresh, index and cluster
+settings).  Every handler
 takes a :class:`Call` and returns ``(status, payload)``: a dict (JSON), a str (text/plain),
 or None (no body).
 """
@@ -16,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .cluster import WriteContext, refresh_mode
 from .errors import es_error
 from .faults import Fault
 from .httpcore import Request, RequestRecord, Route, Router
+from .security import Principal
 
 if TYPE_CHECKING:
     from .server import ESTestServer
@@ -32,6 +35,7 @@ class Call:
     body: bytes
     path: dict[str, str]
     record: RequestRecord
+    principal: Principal | None = None
     item_faults: list[Fault] = field(default_factory=list)
 
     @property
@@ -88,6 +92,10 @@ class ElasticsearchApi:
             r("PUT", "/_ilm/policy/{name}", "ilm", self.put_ilm_policy),
             r("GET", "/{index}/_mapping", "mapping", self.get_mapping),
             r("PUT,POST", "/{index}/_mapping", "mapping", self.put_mapping),
+            r("GET", "/{index}/_settings", "settings", self.get_settings),
+            r("PUT", "/{index}/_settings", "settings", self.put_settings),
+            r("GET", "/_cluster/settings", "cluster", self.get_cluster_settings),
+            r("PUT", "/_cluster/settings", "cluster", self.put_cluster_settings),
             r("GET", "/{index}/_doc/{id}", "doc", self.get_doc),
             r("PUT,POST", "/{index}/_doc/{id}", "doc", self.index_doc),
             r("POST", "/{index}/_doc", "doc", self.index_doc),
@@ -103,8 +111,9 @@ class ElasticsearchApi:
     # ------------------------------------------------------------------ documents
     def bulk(self, call: Call) -> Result:
         counts: Counter[str] = Counter()
-        resp = self.cluster.bulk(call.body, call.path.get("index"), _refresh(call),
-                                 call.item_faults, counts, call.flag("require_data_stream"))
+        ctx = WriteContext(refresh_mode(call.params), call.item_faults, call.principal,
+                           call.flag("require_data_stream"))
+        resp = self.cluster.bulk(call.body, call.path.get("index"), ctx, counts)
         call.record.items = len(resp["items"])
         self.server._merge_counts(counts)
         self.server._count("bulk.requests.applied")
@@ -116,20 +125,20 @@ class ElasticsearchApi:
         return self.cluster.get_doc(call.path["index"], call.path["id"], _source_arg(call.params))
 
     def index_doc(self, call: Call) -> Result:
-        return self.cluster.write_one("index", call.path["index"], call.path.get("id"),
-                                      call.body, _refresh(call), call.params)
+        return self._write("index", call, call.path.get("id"), call.body)
 
     def create_doc(self, call: Call) -> Result:
-        return self.cluster.write_one("create", call.path["index"], call.path["id"], call.body,
-                                      _refresh(call), call.params)
+        return self._write("create", call, call.path["id"], call.body)
 
     def update_doc(self, call: Call) -> Result:
-        return self.cluster.write_one("update", call.path["index"], call.path["id"], call.body,
-                                      _refresh(call), call.params)
+        return self._write("update", call, call.path["id"], call.body)
 
     def delete_doc(self, call: Call) -> Result:
-        return self.cluster.write_one("delete", call.path["index"], call.path["id"], b"",
-                                      _refresh(call), call.params)
+        return self._write("delete", call, call.path["id"], b"")
+
+    def _write(self, op: str, call: Call, doc_id: str | None, body: bytes) -> Result:
+        return self.cluster.write_one(op, call.path["index"], doc_id, body, call.params,
+                                      call.principal)
 
     # ------------------------------------------------------------------ search
     def search(self, call: Call) -> Result:
@@ -149,6 +158,18 @@ class ElasticsearchApi:
     def put_mapping(self, call: Call) -> Result:
         return 200, self.cluster.put_mapping(call.path["index"], call.required_json())
 
+    def get_settings(self, call: Call) -> Result:
+        return 200, self.cluster.get_settings(call.path["index"], call.flag("flat_settings"))
+
+    def put_settings(self, call: Call) -> Result:
+        return 200, self.cluster.put_settings(call.path["index"], call.required_json())
+
+    def get_cluster_settings(self, call: Call) -> Result:
+        return 200, self.cluster.get_cluster_settings(call.flag("flat_settings"))
+
+    def put_cluster_settings(self, call: Call) -> Result:
+        return 200, self.cluster.put_cluster_settings(call.required_json())
+
     def get_index_template(self, call: Call) -> Result:
         return 200, self.cluster.get_templates(call.path["name"])
 
@@ -167,10 +188,6 @@ class ElasticsearchApi:
 
     def put_ilm_policy(self, call: Call) -> Result:
         return 200, self.cluster.put_ilm(call.path["name"], call.required_json())
-
-
-def _refresh(call: Call) -> bool:
-    return call.params.get("refresh", "false") in ("", "true", "wait_for")
 
 
 def _source_arg(params: dict[str, str]) -> Any:

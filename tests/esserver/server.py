@@ -20,7 +20,7 @@ import orjson
 from .api import Call, ElasticsearchApi
 from .cluster import Cluster
 from .errors import ESError, error_body
-from .faults import BulkItem, Fault, FaultPlan, fault_from_json
+from .faults import ERROR_STATUS, BulkItem, Fault, FaultPlan, fault_from_json, request_error
 from .httpcore import (
     REASONS,
     BaseTestServer,
@@ -32,11 +32,13 @@ from .httpcore import (
     Router,
     json_response,
 )
+from .security import Security
 
 _JSON_TYPES = frozenset({"application/json", "application/x-ndjson",
                          "application/vnd.elasticsearch+json",
                          "application/vnd.elasticsearch+x-ndjson"})
 PRODUCT_HEADER = ("X-elastic-product", "Elasticsearch")
+DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024  # http.max_content_length
 
 __all__ = ["ESTestServer", "RequestRecord"]
 
@@ -148,12 +150,16 @@ def apply_filter_path(obj: Any, spec: str) -> Any:
     return {} if r is _NOTHING else r
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
-    """gzip/deflate request bodies; raises ValueError when they do not decompress."""
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate request bodies, at most ``limit + 1`` bytes of them (so a body over the
+    limit is detected without inflating all of it); ValueError when they do not decompress."""
     try:
-        if "gzip" in encoding:
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        return zlib.decompress(body)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding
+                                      else zlib.MAX_WBITS)
+        out = inflater.decompress(body, limit + 1)
+        if len(out) <= limit and not inflater.eof:
+            raise ValueError("truncated compressed body")
+        return out
     except zlib.error as e:
         raise ValueError(str(e)) from None
 
@@ -161,6 +167,12 @@ def _decompress(body: bytes, encoding: str) -> bytes:
 def _raw_error(status: int, message: str) -> ESError:
     """Errors rendered as ``{"error": "<message>", "status": N}`` (routing failures)."""
     return _HandlerError(status, {"error": message, "status": status})
+
+
+def _too_large() -> Response:
+    """What the HTTP layer answers a body over ``http.max_content_length`` with: an empty
+    413, and the connection closed (``Netty4HttpContentSizeHandler``)."""
+    return Response(413, b"", None, close=True)
 
 
 class _HandlerError(ESError):
@@ -183,17 +195,34 @@ class ESTestServer(BaseTestServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, major: int = 8, *,
                  version: str | None = None, cluster_name: str = "es-test-cluster",
                  gzip_responses: bool = True, request_log_size: int = 2000,
-                 gc_freeze: bool = False) -> None:
+                 gc_freeze: bool = False,
+                 max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> None:
         super().__init__(host, port, gzip_responses=gzip_responses,
-                         request_log_size=request_log_size)
+                         request_log_size=request_log_size, max_body_bytes=max_content_length)
         self.major = major
         self.cluster = Cluster(major, version=version, cluster_name=cluster_name)
         self.faults = FaultPlan()
+        self.security = Security(major)
         # gc.freeze() after every bulk: stored documents are long-lived, and without it the
         # cyclic GC rescans them over and over (halves ingest throughput at ~100k docs).
         self.gc_freeze = gc_freeze
         self.api = ElasticsearchApi(self)
         self.admin_router = Router(self._admin_routes())
+
+    @property
+    def max_content_length(self) -> int:
+        """``http.max_content_length``: larger bodies (after decompression) get a 413."""
+        return self.max_body_bytes
+
+    @max_content_length.setter
+    def max_content_length(self, value: int) -> None:
+        self.max_body_bytes = value
+
+    def _started(self) -> None:
+        self.cluster.start_refresher()
+
+    def _stopping(self) -> None:
+        self.cluster.stop_refresher()
 
     # ------------------------------------------------------------------ request handling
     def handle(self, ex: Exchange, req: Request) -> None:
@@ -208,15 +237,27 @@ class ESTestServer(BaseTestServer):
         self._count("requests", f"requests.{endpoint}")
         ex.begin(record)
         head = req.method == "HEAD"
+        try:
+            principal = self.security.authenticate(req.header("Authorization"), req.path)
+        except ESError as e:
+            challenge = [("WWW-Authenticate", c) for c in e.err["header"]["WWW-Authenticate"]]
+            ex.send(self._json(401, e.body(), extra=challenge), head=head)
+            return
         body = req.body
+        if req.size > self.max_content_length:  # type: ignore[attr-defined]
+            ex.send(_too_large())
+            return
         enc = (req.header("Content-Encoding") or "").lower()
         if body and enc in ("gzip", "x-gzip", "deflate"):
             try:
-                body = _decompress(body, enc)
+                body = _decompress(body, enc, self.max_content_length)
             except ValueError:
                 ex.send(self._json(400, error_body(400, {
                     "type": "illegal_argument_exception",
                     "reason": "failed to decompress request body"})))
+                return
+            if len(body) > self.max_content_length:
+                ex.send(_too_large())
                 return
         ctype = req.header("Content-Type")
         try:
@@ -247,7 +288,7 @@ class ESTestServer(BaseTestServer):
                 ex.reset()
                 self.go_down(fault.seconds if fault.seconds > 0 else None)
                 return
-        call = Call(req, body, path_params, record)
+        call = Call(req, body, path_params, record, principal)
         if endpoint == "bulk" and route is not None:
             call.item_faults = self.faults.take_item_faults(endpoint)
             for f in call.item_faults:
@@ -305,17 +346,8 @@ class ESTestServer(BaseTestServer):
                 return Response(status, body.encode(), "text/plain; charset=UTF-8")
             headers = [PRODUCT_HEADER] if status < 500 else []
             return json_response(status, body, resp_type, headers)
-        if status == 429:
-            err = {"type": "es_rejected_execution_exception",
-                   "reason": "rejected execution of coordinating operation "
-                   "[coordinating_and_primary_bytes=104857600, replica_bytes=0, "
-                   "all_bytes=104857600, coordinating_operation_bytes=1048576, "
-                   "max_coordinating_and_primary_bytes=107374182]"}
-            return self._json(429, error_body(429, err), resp_type)
-        if status == 503:
-            err = {"type": "cluster_block_exception",
-                   "reason": "blocked by: [SERVICE_UNAVAILABLE/2/no master];"}
-            return self._json(503, error_body(503, err), resp_type)
+        if status == 413:
+            return _too_large()
         if status in (502, 504):
             # these come from a proxy / load balancer in front of Elasticsearch
             phrase = REASONS[status]
@@ -323,9 +355,8 @@ class ESTestServer(BaseTestServer):
                     f"<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx</center>"
                     "\r\n</body>\r\n</html>\r\n")
             return Response(status, html.encode(), "text/html")
-        err = {"type": "exception" if status >= 500 else "illegal_argument_exception",
-               "reason": f"injected failure with status [{status}]"}
-        return self._json(status, error_body(status, err), resp_type)
+        err, headers = request_error(fault, self.major)
+        return self._json(status, error_body(status, err), resp_type, headers)
 
     def reset(self) -> None:
         """Drop all data (indices, data streams, user templates, ILM), faults and counters."""
@@ -341,7 +372,7 @@ class ESTestServer(BaseTestServer):
         candidates = ds.indices if ds else [self.cluster.indices[index]] \
             if index in self.cluster.indices else []
         for idx in reversed(candidates):
-            doc = idx.docs.get(doc_id)
+            doc = idx.current(doc_id)
             if doc is not None:
                 return idx, doc
         return None
@@ -368,7 +399,7 @@ class ESTestServer(BaseTestServer):
     def doc_count(self, target: str = "*") -> int:
         with self.cluster.lock:
             try:
-                return sum(len(i.docs) for i in self.cluster.resolve(target))
+                return sum(len(i) for i in self.cluster.resolve(target))
             except ESError:
                 return 0
 
@@ -397,36 +428,90 @@ class ESTestServer(BaseTestServer):
             t = self.cluster.templates.get(name)
             return copy.deepcopy(t) if t is not None else None
 
+    def index_settings(self, index: str) -> dict[str, Any]:
+        """Flat settings of an index (or the write index of a data stream)."""
+        with self.cluster.lock:
+            ds = self.cluster.data_streams.get(index)
+            idx = ds.write_index if ds else self.cluster.indices[index]
+            return dict(idx.settings)
+
+    def refresh(self, target: str = "*") -> None:
+        """``POST <target>/_refresh``: make every write searchable now."""
+        self.cluster.refresh(target)
+
+    # ------------------------------------------------------------------ cluster conditions
+    def flood_stage(self, on: bool = True, target: str = "*") -> None:
+        """The disk allocator at the flood-stage watermark: sets (or clears) the
+        ``index.blocks.read_only_allow_delete`` block on every index, so writes get per-item
+        429 ``cluster_block_exception`` (``TOO_MANY_REQUESTS/12``)."""
+        self.cluster.set_blocks("index.blocks.read_only_allow_delete", on, target)
+
+    def cluster_settings(self, **persistent: Any) -> None:
+        """``PUT _cluster/settings`` (persistent), e.g. ``action_auto_create_index=False``
+        is written ``**{"action.auto_create_index": False}``."""
+        self.cluster.put_cluster_settings({"persistent": persistent})
+
+    def add_user(self, name: str, password: str, *, write: Iterable[str] = ("*",),
+                 roles: Iterable[str] = ("writer",)) -> None:
+        """Turn security on (if it is not) and accept ``Basic`` auth for this user, who may
+        write to the index patterns ``write``."""
+        self.security.add_user(name, password, roles=tuple(roles), write=tuple(write))
+
+    def add_api_key(self, key_id: str, key: str, *, owner: str = "collector",
+                    write: Iterable[str] = ("*",), roles: Iterable[str] = ("writer",)) -> str:
+        """Turn security on and accept this API key; returns its encoded form (what clients
+        send as ``Authorization: ApiKey <encoded>``)."""
+        return self.security.add_api_key(key_id, key, owner=owner, roles=tuple(roles),
+                                         write=tuple(write))
     # ------------------------------------------------------------------ faults
     def add_fault(self, fault: Fault) -> Fault:
         return self.faults.add(fault)
 
-    def fail_requests(self, status: int = 429, *, requests: int | None = 1, skip: int = 0,
-                      probability: float | None = None, seed: int | None = None,
-                      endpoints: Iterable[str] = ("bulk",), body: Any = None) -> Fault:
+    def fail_requests(self, status: int | None = None, *, requests: int | None = 1,
+                      skip: int = 0, probability: float | None = None, seed: int | None = None,
+                      endpoints: Iterable[str] = ("bulk",), body: Any = None,
+                      error_type: str | None = None, durability: str = "TRANSIENT",
+                      reason: str | None = None) -> Fault:
         """Whole-request error responses (nothing is applied).
 
-        429 → ``es_rejected_execution_exception``; 503 → ``cluster_block_exception``;
+        429 → ``es_rejected_execution_exception`` (``error_type="circuit_breaking_exception"``
+        with ``durability``, or ``"cluster_block_exception"``); 503 → ``cluster_block_exception``
+        (no master); 401 → ``security_exception`` with ``WWW-Authenticate``; 403 →
+        ``security_exception``; 413 → the empty body of ``http.max_content_length``;
         502/504 → an nginx HTML page without ``X-Elastic-Product`` (a proxy in front of ES).
         ``body`` (dict → JSON, str → text/plain) overrides the body.
         """
+        if status is None:
+            status = ERROR_STATUS.get(error_type or "", 429)
         return self.faults.add(Fault("status", requests=requests, skip=skip,
                                      probability=probability, seed=seed,
-                                     endpoints=frozenset(endpoints), status=status, body=body))
+                                     endpoints=frozenset(endpoints), status=status, body=body,
+                                     error_type=error_type, durability=durability,
+                                     reason=reason))
 
-    def fail_items(self, status: int = 429, *, every: int | None = None,
+    def fail_items(self, status: int | None = None, *, error_type: str | None = None,
+                   durability: str = "TRANSIENT", every: int | None = None,
                    fraction: float | None = None, positions: Iterable[int] | None = None,
                    predicate: Callable[[BulkItem], bool] | None = None,
                    requests: int | None = 1, skip: int = 0, probability: float | None = None,
                    seed: int | None = None, reason: str | None = None) -> Fault:
         """Per-item failures inside bulk responses (selected items are NOT applied).
 
+        ``error_type`` names the Elasticsearch error (``cluster_block_exception`` 429 is the
+        flood-stage block, 403 a write block; ``circuit_breaking_exception`` with
+        ``durability``; ``security_exception``; ``index_not_found_exception``;
+        ``index_closed_exception``; ...); without it the status picks the usual one (429
+        ``es_rejected_execution_exception``, 503 ``unavailable_shards_exception``, 409
+        version conflict, 403 ``security_exception``, 404 ``index_not_found_exception``).
         Selection criteria combine with AND: ``positions`` (0-based in the request),
         ``every`` (items k-1, 2k-1, ... i.e. every k-th), ``fraction`` (seeded random),
         ``predicate(BulkItem)``.  No criterion → every item.
         """
+        if status is None:
+            status = ERROR_STATUS.get(error_type or "", 429)
         return self.faults.add(Fault("items", requests=requests, skip=skip,
                                      probability=probability, seed=seed, status=status,
+                                     error_type=error_type, durability=durability,
                                      every=every, fraction=fraction,
                                      positions=frozenset(positions) if positions is not None
                                      else None, predicate=predicate, reason=reason))

@@ -133,6 +133,7 @@ def test_gzip_request_and_response(srv: ESTestServer) -> None:
     assert (ok, errors) == (200, [])
     bulk_records = [r for r in srv.request_log if r.endpoint == "bulk"]
     assert [r.content_encoding for r in bulk_records] == ["gzip"]
+    client.indices.refresh(index="audit")
     assert client.count(index="audit")["count"] == 200
     res = client.search(index="audit", size=100, sort=["seq"])
     assert [h["_source"]["seq"] for h in res["hits"]["hits"]] == list(range(100))

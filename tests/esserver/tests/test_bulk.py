@@ -149,7 +149,7 @@ def test_data_stream_only_create_and_backing_index(srv: ESTestServer, es: Elasti
         {"index": {"_index": "audit-default"}}, {"@timestamp": TS, "seq": 1},
         {"create": {"_index": "audit-default", "_id": "e1"}}, {"@timestamp": TS, "seq": 2},
         {"create": {"_index": "audit-default"}}, {"seq": 3},
-    ])
+    ], refresh="wait_for")
     i0, i1, i2 = (it[next(iter(it))] for it in resp["items"])
     assert (i0["status"], i0["error"]) == (400, {
         "type": "illegal_argument_exception",
@@ -289,6 +289,7 @@ def test_dynamic_mapping_conflicts(srv: ESTestServer, es: Elasticsearch) -> None
         "pid": {"type": "long"}}}
     assert "brand_new" not in props  # the failed document's mapping update was rolled back
     # literal dotted keys are searchable with the object path
+    es.indices.refresh(index="m")
     hits = es.search(index="m", query={"term": {"proc.pid": 2}})["hits"]["hits"]
     assert [h["_id"] for h in hits] == ["8"]
 
@@ -336,7 +337,7 @@ def test_concurrent_bulks_are_consistent(srv: ESTestServer) -> None:
     assert srv.doc_count("cc") == 4000
     assert srv.counter("bulk.items.created") == 4000
     idx = srv.cluster.indices["cc"]
-    assert sorted(d.seq_no for d in idx.docs.values()) == list(range(4000))
+    assert sorted(d.seq_no for d in idx.live_docs()) == list(range(4000))
     client.close()
 
 

@@ -158,7 +158,7 @@ def test_fault_probability_is_seeded(srv: ESTestServer, es: Elasticsearch) -> No
 
 def test_fault_skip_and_endpoint_filter(srv: ESTestServer, es: Elasticsearch) -> None:
     srv.fail_requests(429, skip=2, requests=1, endpoints=["search"])
-    es.bulk(operations=[{"create": {"_index": "s", "_id": "1"}}, {"a": 1}])
+    es.bulk(operations=[{"create": {"_index": "s", "_id": "1"}}, {"a": 1}], refresh=True)
     es.search(index="s")
     es.search(index="s")
     with pytest.raises(ApiError):

@@ -28,7 +28,7 @@ def search_data(srv: ESTestServer, es: Elasticsearch) -> Elasticsearch:
                                  "score": i / 2, **({"flag": True} if i % 5 == 0 else {})}})
     docs.append({"_op_type": "create", "_index": "ev-b", "_id": "dotted",
                  "_source": {"host.name": "hx", "seq": 100, "@timestamp": "2024-05-02T00:00:00Z"}})
-    helpers.bulk(es, docs)
+    helpers.bulk(es, docs, refresh=True)
     return es
 
 
