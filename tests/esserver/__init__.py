@@ -23,10 +23,12 @@ Standalone: ``python -m tests.esserver --host 127.0.0.1 --port 9200 --major 8
 
 Layout: ``httpcore`` (HTTP plumbing, router, lifecycle; shared with the Kibana stand-in),
 ``server`` (the ES front end: auth, body limits, media types, faults, Python accessors),
-``api`` (the route table), ``cluster`` (operations), ``store`` (documents, versions,
-refresh visibility), ``search``/``query`` (search), ``mapping``, ``settings`` (index and
-cluster settings, blocks, auto-create), ``security``, ``synthetic`` (logsdb ``_source``),
-``faults``, ``templates``, ``errors``.
+``api`` (the route table), ``cluster`` (operations), ``store`` (documents as raw JSON,
+versions, refresh visibility), ``docvalues`` (per-field columns), ``query`` (query DSL),
+``search`` (search, sort, ``search_after``, totals), ``aggs``, ``pit``, ``mapping``,
+``settings`` (index and cluster settings, blocks, auto-create), ``security``, ``synthetic``
+(logsdb ``_source``), ``faults``, ``templates``, ``errors``; ``scale`` measures capacity
+(``python -m tests.esserver.scale --docs 2000000``).
 
 Routes (``api.py``, one table; anything else is answered like Elasticsearch answers a path it
 does not know: 400 ``no handler found``, or 405 for a known path with another method)::
@@ -36,7 +38,7 @@ does not know: 400 ``no handler found``, or 405 for a known path with another me
     GET|POST /_refresh, /{index}/_refresh
     GET|PUT  /_index_template/{name}      GET /_data_stream[/{name}], PUT /_data_stream/{name}
     GET|PUT  /_ilm/policy/{name}          GET|PUT /{index}/_mapping, GET|PUT /{index}/_settings
-    GET|PUT  /_cluster/settings
+    GET|PUT  /_cluster/settings           POST /{index}/_pit?keep_alive=, DELETE /_pit
     GET|PUT|POST|DELETE /{index}/_doc/{id}, POST /{index}/_doc (op_type create),
     PUT /{index}/_create/{id}, POST /{index}/_update/{id}
 
@@ -58,13 +60,26 @@ Behaviour that matters to a client:
   a principal's index patterns.
 * ``http.max_content_length`` (``max_content_length=``, default 100 MiB): a larger body,
   after decompression, gets an empty 413 and the connection is closed.
+* Search: term(s), range (date math), match, match_phrase, prefix, wildcard, exists, ids,
+  bool, constant_score; sort by fields, ``_doc``, ``_shard_doc``; ``search_after``;
+  ``track_total_hits`` (true/false/N, ``relation``).  Point in time: ``pit`` in the body and
+  no index in the path, frozen at opening, ``keep_alive`` extended per use and expiring,
+  the implicit ``_shard_doc`` tie-breaker (``shard << 32 | doc``) on sorted searches.
+* Aggregations: ``composite`` (``terms``, ``date_histogram`` with ``calendar_interval`` /
+  ``fixed_interval``, ``time_zone``, ``offset``, ``format``; ``order``, ``missing_bucket``,
+  ``missing_order``, ``size``, ``after``/``after_key``), ``terms``, and the metrics ``min``,
+  ``max``, ``sum``, ``avg``, ``value_count``, ``cardinality`` at the top or in buckets.
+* Many documents: ``srv.load_docs(index, iterable)`` stores without HTTP; sources are kept
+  as their JSON bytes and fields are read through lazily built columns; the grouping of a
+  composite aggregation and the sorted order of a search are cached per searcher, so
+  paging costs little after the first page.
 * Elasticsearch 9 puts ``logs-*-*`` data streams whose template sets no ``index.mode`` in
   ``logsdb`` mode (``cluster.logsdb.enabled``; 8: off); their ``_source`` is synthetic
   (see :mod:`.synthetic`).
 
 Counter keys (``srv.stats()`` / ``GET /_test/stats``):
 ``requests``, ``requests.<endpoint>`` (endpoints: info, bulk, search, count, refresh, doc,
-update, mapping, settings, cluster, index_template, data_stream, ilm, other),
+update, mapping, settings, cluster, index_template, data_stream, ilm, pit, other),
 ``responses.<status>``, ``connections``, ``bulk.requests.applied``, ``bulk.items``,
 ``bulk.items.<outcome>`` (created, updated, deleted, not_found, noop, conflict,
 mapping_error, rejected, unavailable, blocked, circuit_breaking, forbidden, index_not_found,

@@ -81,6 +81,8 @@ class ElasticsearchApi:
             r("GET,POST", "/{index}/_search", "search", self.search),
             r("GET,POST", "/_count", "count", self.count),
             r("GET,POST", "/{index}/_count", "count", self.count),
+            r("POST", "/{index}/_pit", "pit", self.open_pit),
+            r("DELETE", "/_pit", "pit", self.close_pit),
             r("GET,POST", "/_refresh", "refresh", self.refresh),
             r("GET,POST", "/{index}/_refresh", "refresh", self.refresh),
             r("GET", "/_index_template/{name}", "index_template", self.get_index_template),
@@ -147,6 +149,12 @@ class ElasticsearchApi:
     def count(self, call: Call) -> Result:
         return 200, self.cluster.search(call.path.get("index"), call.json(), call.params,
                                         count_only=True)
+
+    def open_pit(self, call: Call) -> Result:
+        return 200, self.cluster.open_pit(call.path["index"], call.params.get("keep_alive"))
+
+    def close_pit(self, call: Call) -> Result:
+        return self.cluster.close_pit(call.required_json())
 
     def refresh(self, call: Call) -> Result:
         return 200, self.cluster.refresh(call.path.get("index"))

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from .aggs import AggCache
+from .docvalues import get_values
 from .errors import (
     ESError,
     auto_create_refused,
@@ -35,8 +37,9 @@ from .errors import (
 )
 from .faults import BulkItem, Fault, item_error, outcome_of
 from .mapping import Mapping, format_millis
-from .query import filter_source, get_values, source_filter
-from .search import run_search
+from .pit import PitRegistry, keep_alive_seconds
+from .query import filter_source, source_filter
+from .search import run_search, shards_header
 from .security import Principal
 from .settings import (
     CLUSTER_BLOCKS,
@@ -50,7 +53,7 @@ from .settings import (
     nest_settings,
     parse_time,
 )
-from .store import DataStream, Doc, Index, new_uuid
+from .store import DataStream, Doc, Index, exact_bytes, new_uuid
 from .synthetic import synthesize
 from .templates import builtin_templates, glob_overlap
 
@@ -149,6 +152,9 @@ class Cluster:
         self.refreshed = threading.Condition(self.lock)
         self._refresher: threading.Thread | None = None
         self._stop_refresher = threading.Event()
+        self.pits = PitRegistry()
+        self.agg_cache = AggCache(4)  # composite groupings, for paging
+        self.result_cache = AggCache(4)  # matching and sorted refs, for paging
         self.reset()
 
     def reset(self) -> None:
@@ -161,6 +167,9 @@ class Cluster:
             self.ilm: dict[str, dict[str, Any]] = {}
             self.persistent: dict[str, Any] = {}
             self.transient: dict[str, Any] = {}
+            self.pits.clear()
+            self.agg_cache.clear()
+            self.result_cache.clear()
 
     # ================================================================== info
     def info(self) -> dict[str, Any]:
@@ -389,8 +398,9 @@ class Cluster:
             self.tick(time.monotonic())
 
     def tick(self, now: float) -> None:
-        """Scheduled refreshes: each index every ``index.refresh_interval``."""
+        """Scheduled refreshes: each index every ``index.refresh_interval``; expired PITs."""
         with self.lock:
+            self.pits.expire(now)
             done = False
             for idx in self.indices.values():
                 try:
@@ -672,7 +682,8 @@ class Cluster:
         else:
             version = idx.tombstones.pop(doc_id, 0) + 1
         seq = idx.next_seq()
-        idx.put(Doc(doc_id, source, version, seq))
+        idx.put(Doc(doc_id, raw if raw is not None else exact_bytes(orjson.dumps(source)),
+                    version, seq))
         if existing is None:
             return self._ok(op, idx, doc_id, version, "created", seq, 201, ctx), "created"
         return self._ok(op, idx, doc_id, version, "updated", seq, 200, ctx), "updated"
@@ -705,7 +716,7 @@ class Cluster:
                 return self._item_error(op, idx.name, doc_id, e.status, e.err), "mapping_error"
             version = idx.tombstones.pop(doc_id, 0) + 1
             seq = idx.next_seq()
-            idx.put(Doc(doc_id, new_src, version, seq))
+            idx.put(Doc(doc_id, exact_bytes(orjson.dumps(new_src)), version, seq))
             return self._ok(op, idx, doc_id, version, "created", seq, 201, ctx), "created"
         if not isinstance(doc, dict):
             return self._item_error(op, idx.name, doc_id, 400, {
@@ -721,7 +732,7 @@ class Cluster:
             return self._item_error(op, idx.name, doc_id, e.status, e.err), "mapping_error"
         version = existing.version + 1
         seq = idx.next_seq()
-        idx.put(Doc(doc_id, merged, version, seq))
+        idx.put(Doc(doc_id, exact_bytes(orjson.dumps(merged)), version, seq))
         return self._ok(op, idx, doc_id, version, "updated", seq, 200, ctx), "updated"
 
     def _delete(self, idx: Index, doc_id: str | None, ctx: WriteContext
@@ -808,6 +819,53 @@ class Cluster:
     def search(self, target: str | None, body: dict[str, Any], params: dict[str, str],
                count_only: bool = False) -> dict[str, Any]:
         return run_search(self, target, body, params, count_only)
+
+    def open_pit(self, target: str, keep_alive: str | None) -> dict[str, Any]:
+        seconds = keep_alive_seconds(keep_alive)
+        with self.lock:
+            indices = sorted(self.resolve(target), key=lambda i: i.name)
+            self.searcher_indices(indices)
+            pit = self.pits.open([(idx, idx.refreshed_seq) for idx in indices], seconds)
+        out: dict[str, Any] = {"id": pit.id}
+        if self.major >= 8:
+            out["_shards"] = shards_header(len(indices))
+        return out
+
+    def close_pit(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pit_id = body.get("id")
+        if not isinstance(pit_id, str):
+            raise es_error(400, "action_request_validation_exception",
+                           "Validation Failed: 1: point-in-time id must not be empty;")
+        with self.lock:
+            freed = self.pits.close(pit_id)
+        return (200 if freed else 404), {"succeeded": True, "num_freed": 1 if freed else 0}
+
+    # ================================================================== fixtures
+    def load(self, target: str, docs: Iterable[Any], refresh: bool = True) -> int:
+        """Store documents without HTTP or per-request work: ``docs`` yields sources, or
+        ``(id, source)`` pairs. Mapping rules apply (a failing document raises ESError);
+        an existing id raises ValueError. Returns the number stored."""
+        n = 0
+        dumps = orjson.dumps
+        with self.lock:
+            idx, ds = self._auto_create(target)
+            for item in docs:
+                doc_id, source = item if isinstance(item, tuple) else (None, item)
+                doc_id = new_doc_id() if doc_id is None else str(doc_id)
+                if doc_id in idx.live:
+                    raise ValueError(f"document [{doc_id}] already exists in [{idx.name}]")
+                raw = exact_bytes(dumps(source))
+                if ds is not None and not get_values(source, "@timestamp"):
+                    raise es_error(400, self.error_type, "data stream timestamp field "
+                                   "[@timestamp] is missing")
+                idx.mapping.index_document(source, doc_id, raw)
+                version = idx.tombstones.pop(doc_id, 0) + 1
+                idx.put(Doc(doc_id, raw, version, idx.next_seq()))
+                n += 1
+            if refresh:
+                idx.refresh()
+                self.refreshed.notify_all()
+        return n
 
     # ================================================================== indices
     def get_mapping(self, target: str | None) -> dict[str, Any]:
@@ -1061,6 +1119,7 @@ class Cluster:
 
     # ================================================================== test accessors
     def find_docs(self, target: str) -> dict[str, dict[str, Any]]:
+        """``{_id: _source}`` (fresh copies) of the latest versions."""
         with self.lock:
             out: dict[str, dict[str, Any]] = {}
             for idx in self.resolve(target):

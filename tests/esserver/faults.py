@@ -150,7 +150,7 @@ class Fault:
         if hit and self.fraction is not None:
             hit = self._rng.random() < self.fraction
         if hit and self.match_field is not None:
-            from .query import get_values
+            from .docvalues import get_values
 
             vals = get_values(item.source, self.match_field) if item.source else []
             hit = (self.match_value in vals) if self.match_value is not None else bool(vals)
@@ -285,9 +285,9 @@ def outcome_of(error_type: str) -> str:
 def item_error(fault: Fault, index: str, doc_id: str | None, source: Any,
                parsing_type: str) -> tuple[int, dict[str, Any]]:
     """(status, error object) of a bulk item a fault selected."""
+    from .docvalues import get_values
     from .errors import circuit_breaking
     from .mapping import java_str
-    from .query import get_values
     from .settings import INDEX_BLOCKS, block_error
 
     status = fault.status

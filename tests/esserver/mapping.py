@@ -86,6 +86,33 @@ def parse_iso_millis(value: str) -> int | None:
     return millis
 
 
+@lru_cache(maxsize=4096)
+def _day_seconds(date: str) -> int | None:
+    millis = parse_iso_millis(date)
+    return None if millis is None else millis // 1000
+
+
+def fast_iso_nanos(value: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`` (what shippers send) without a regex."""
+    if len(value) < 20 or value[-1] != "Z" or value[10] != "T" or value[13] != ":" \
+            or value[16] != ":":
+        return None
+    if value[19] == "." and 21 < len(value) <= 30 and value[20:-1].isdigit():
+        frac = value[20:-1]
+    elif len(value) == 20:
+        frac = ""
+    else:
+        return None
+    hh, mm, ss = value[11:13], value[14:16], value[17:19]
+    if not (hh.isdigit() and mm.isdigit() and ss.isdigit()):
+        return None
+    h, m, sec = int(hh), int(mm), int(ss)
+    day = _day_seconds(value[:10])
+    if day is None or h > 23 or m > 59 or sec > 59:
+        return None
+    return (day + h * 3600 + m * 60 + sec) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
 def to_millis(value: Any) -> int | None:
     """Convert a date value (ISO string, epoch millis number or numeric string) to millis."""
     t = type(value)
@@ -188,6 +215,8 @@ def _check_bool(value: Any) -> _Check:
 def _check_date(value: Any) -> _Check:
     t = type(value)
     if t is int or t is float:
+        return None
+    if t is str and fast_iso_nanos(value) is not None:
         return None
     if t is str:
         if _INT_STR_RE.fullmatch(value) or parse_iso_millis(value) is not None:

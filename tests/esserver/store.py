@@ -1,27 +1,34 @@
 """Indices and data streams: document storage, versions and refresh visibility.
 
 An index keeps its documents like a Lucene index does: append-only slots, one per version
-written; an update or delete marks the superseded version with the sequence number of the
-operation that replaced it.  A *searcher* is a sequence-number watermark: it sees the
-versions written at or below it and not yet replaced at it.  ``refresh`` moves the index's
-watermark to its latest operation, so writes become searchable only then (realtime GET and
-the Python accessors read the latest versions directly).  Replaced versions are dropped
-("merged") once no searcher can see them and no point in time holds the index.
+written, in sequence-number order; an update or delete marks the superseded version dead
+with the sequence number of the operation that replaced it.  A *searcher* is a
+sequence-number watermark: it sees the versions written at or below it and not yet replaced
+at it.  ``refresh`` moves the index's watermark to its latest operation, so writes become
+searchable only then (realtime GET and the Python accessors read the latest versions
+directly).  Replaced versions are dropped ("merged") once no searcher can see them and no
+point in time holds the index.
+
+A version keeps its ``_source`` as the JSON bytes it arrived as (about a quarter of the
+memory of the parsed dict); fields are read through :class:`.docvalues.Columns`.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import sys
 import time
-from collections.abc import Iterator
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from typing import Any
 
+import orjson
+
+from .docvalues import Columns
 from .mapping import Mapping
 from .settings import nest_settings, parse_time
 
-NEVER = sys.maxsize  # deleted_seq of a version nothing has replaced
 DEFAULT_REFRESH_S = 1.0
 DEFAULT_SEARCH_IDLE_S = 30.0
 
@@ -30,20 +37,30 @@ def new_uuid() -> str:
     return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
+def exact_bytes(data: bytes) -> bytes:
+    """A copy without spare capacity: ``orjson.dumps`` results carry a few KiB each."""
+    return bytes(memoryview(data))
+
+
 class Doc:
-    """One stored version of a document."""
+    """One stored version of a document; ``raw`` is its ``_source`` as JSON."""
 
-    __slots__ = ("deleted_seq", "id", "seq_no", "source", "version")
+    __slots__ = ("id", "raw", "seq_no", "version")
 
-    def __init__(self, doc_id: str, source: dict[str, Any], version: int, seq_no: int) -> None:
+    def __init__(self, doc_id: str, raw: bytes, version: int, seq_no: int) -> None:
         self.id = doc_id
-        self.source = source
+        self.raw = raw
         self.version = version
         self.seq_no = seq_no
-        self.deleted_seq = NEVER
 
-    def visible_at(self, watermark: int) -> bool:
-        return self.seq_no <= watermark < self.deleted_seq
+    @property
+    def source(self) -> dict[str, Any]:
+        """A fresh parse of the stored ``_source`` (callers may keep or change it)."""
+        src: dict[str, Any] = orjson.loads(self.raw)
+        return src
+
+
+_SEQ_NO = attrgetter("seq_no")
 
 
 class Index:
@@ -59,11 +76,13 @@ class Index:
         self.hidden = data_stream is not None or settings.get("index.hidden") == "true"
         self.slots: list[Doc] = []
         self.live: dict[str, int] = {}  # id -> slot of its latest version
+        self.dead: dict[int, int] = {}  # slot of a replaced version -> seq_no replacing it
         self.tombstones: dict[str, int] = {}  # id -> version of its delete
         self.seq_no = -1
         self.refreshed_seq = -1
         self.pits = 0  # open points in time: slots must keep their positions
-        self.garbage = 0
+        self.generation = 0  # merges so far: slot positions are valid within one
+        self.columns = Columns(self)
         now = time.monotonic()
         self.last_tick = now
         self.last_search = now
@@ -129,8 +148,7 @@ class Index:
         """Store a new version (replacing the current one, if any)."""
         old = self.live.get(doc.id)
         if old is not None:
-            self.slots[old].deleted_seq = doc.seq_no
-            self.garbage += 1
+            self.dead[old] = doc.seq_no
         self.live[doc.id] = len(self.slots)
         self.slots.append(doc)
 
@@ -138,10 +156,8 @@ class Index:
         slot = self.live.pop(doc_id, None)
         if slot is None:
             return None
-        doc = self.slots[slot]
-        doc.deleted_seq = seq_no
-        self.garbage += 1
-        return doc
+        self.dead[slot] = seq_no
+        return self.slots[slot]
 
     def live_docs(self) -> Iterator[Doc]:
         slots = self.slots
@@ -151,12 +167,18 @@ class Index:
         return len(self.live)
 
     # ------------------------------------------------------------------ searching
-    def searchable(self, watermark: int | None = None) -> Iterator[Doc]:
-        """Versions a searcher at ``watermark`` (default: the last refresh) sees."""
+    def visible(self, watermark: int | None = None) -> Sequence[int]:
+        """Slots a searcher at ``watermark`` (default: the last refresh) sees."""
         w = self.refreshed_seq if watermark is None else watermark
-        if w >= self.seq_no and self.garbage == 0:
-            return iter(self.slots)
-        return (d for d in self.slots if d.seq_no <= w < d.deleted_seq)
+        n = bisect_right(self.slots, w, key=_SEQ_NO)  # slots are in seq_no order
+        dead = self.dead
+        if not dead:
+            return range(n)
+        return [i for i in range(n) if i not in dead or dead[i] > w]
+
+    def searchable(self, watermark: int | None = None) -> Iterator[Doc]:
+        slots = self.slots
+        return (slots[i] for i in self.visible(watermark))
 
     @property
     def pending(self) -> bool:
@@ -164,15 +186,19 @@ class Index:
 
     def refresh(self) -> None:
         self.refreshed_seq = self.seq_no
-        if self.pits == 0 and self.garbage > 1024 and self.garbage * 2 > len(self.slots):
+        if self.pits == 0 and len(self.dead) > 1024 and len(self.dead) * 2 > len(self.slots):
             self._merge()
 
     def _merge(self) -> None:
         """Drop versions no searcher can see any more; slots get new positions."""
-        keep = [d for d in self.slots if d.deleted_seq > self.refreshed_seq]
-        self.slots = keep
-        self.live = {d.id: i for i, d in enumerate(keep) if d.deleted_seq == NEVER}
-        self.garbage = sum(1 for d in keep if d.deleted_seq != NEVER)
+        w = self.refreshed_seq
+        keep = [i for i in range(len(self.slots)) if self.dead.get(i, w + 1) > w]
+        moved = {old: new for new, old in enumerate(keep)}
+        self.slots = [self.slots[i] for i in keep]
+        self.live = {doc_id: moved[slot] for doc_id, slot in self.live.items()}
+        self.dead = {moved[old]: seq for old, seq in self.dead.items() if old in moved}
+        self.columns = Columns(self)
+        self.generation += 1
 
 
 class DataStream:
