@@ -21,6 +21,11 @@ Usage::
 Standalone: ``python -m tests.esserver --host 127.0.0.1 --port 9200 --major 8
 [--api-key ID:KEY] [--user NAME:PASSWORD] [--max-content-length BYTES]``.
 
+Kibana: :class:`KibanaTestServer` (``kibana.py``; ``python -m tests.esserver.kibana``) answers
+saved-object import (``/api/saved_objects/_import``, also under ``/s/<space>``) with Kibana's
+result shape and per-object errors, ``kbn-xsrf``, spaces, credentials and ``/api/status``;
+see its module docstring.
+
 Layout: ``httpcore`` (HTTP plumbing, router, lifecycle; shared with the Kibana stand-in),
 ``server`` (the ES front end: auth, body limits, media types, faults, Python accessors),
 ``api`` (the route table), ``cluster`` (operations), ``store`` (documents as raw JSON,
@@ -91,7 +96,8 @@ mapping, delay, reset, down), ``faults.reset.before`` / ``faults.reset.after``,
 from .cluster import Cluster
 from .errors import ESError
 from .faults import BulkItem, Fault, FaultPlan
+from .kibana import KibanaTestServer
 from .server import ESTestServer, RequestRecord
 
 __all__ = ["BulkItem", "Cluster", "ESError", "ESTestServer", "Fault", "FaultPlan",
-           "RequestRecord"]
+           "KibanaTestServer", "RequestRecord"]
