@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
-from types import FrameType
 
+from .httpcore import run_standalone
 from .server import ESTestServer
 
 
@@ -45,26 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     for pair in args.api_key:
         key_id, _, key = pair.partition(":")
         srv.add_api_key(key_id, key)
-    srv.start()
-    if args.port_file:
-        tmp = f"{args.port_file}.tmp.{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(f"{srv.port}\n")
-        os.replace(tmp, args.port_file)
-    print(f"esserver listening on {srv.url} (major {args.major}, "
-          f"version {srv.cluster.version['number']})", file=sys.stderr, flush=True)
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.5):
-        pass
-    srv.stop()
-    return 0
+    version = srv.cluster.version["number"]
+    return run_standalone(srv, args.port_file, f"esserver (major {args.major}, version "
+                                               f"{version})")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ import orjson
 from .cluster import WriteContext, refresh_mode
 from .errors import es_error
 from .faults import Fault
-from .httpcore import Request, RequestRecord, Route, Router
+from .httpcore import Request, RequestRecord, Route, Router, route_table
 from .security import Principal
 
 if TYPE_CHECKING:
@@ -69,42 +68,38 @@ class ElasticsearchApi:
         self.router = Router(self._routes())
 
     def _routes(self) -> list[Route]:
-        def r(methods: str, path: str, endpoint: str, handler: Callable[[Call], Result]
-              ) -> Route:
-            return Route(methods, path, endpoint, handler)  # type: ignore[arg-type]
-
-        return [
-            r("GET,HEAD", "/", "info", self.info),
-            r("POST,PUT", "/_bulk", "bulk", self.bulk),
-            r("POST,PUT", "/{index}/_bulk", "bulk", self.bulk),
-            r("GET,POST", "/_search", "search", self.search),
-            r("GET,POST", "/{index}/_search", "search", self.search),
-            r("GET,POST", "/_count", "count", self.count),
-            r("GET,POST", "/{index}/_count", "count", self.count),
-            r("POST", "/{index}/_pit", "pit", self.open_pit),
-            r("DELETE", "/_pit", "pit", self.close_pit),
-            r("GET,POST", "/_refresh", "refresh", self.refresh),
-            r("GET,POST", "/{index}/_refresh", "refresh", self.refresh),
-            r("GET", "/_index_template/{name}", "index_template", self.get_index_template),
-            r("PUT,POST", "/_index_template/{name}", "index_template", self.put_index_template),
-            r("GET", "/_data_stream", "data_stream", self.get_data_streams),
-            r("GET", "/_data_stream/{name}", "data_stream", self.get_data_streams),
-            r("PUT", "/_data_stream/{name}", "data_stream", self.put_data_stream),
-            r("GET", "/_ilm/policy/{name}", "ilm", self.get_ilm_policy),
-            r("PUT", "/_ilm/policy/{name}", "ilm", self.put_ilm_policy),
-            r("GET", "/{index}/_mapping", "mapping", self.get_mapping),
-            r("PUT,POST", "/{index}/_mapping", "mapping", self.put_mapping),
-            r("GET", "/{index}/_settings", "settings", self.get_settings),
-            r("PUT", "/{index}/_settings", "settings", self.put_settings),
-            r("GET", "/_cluster/settings", "cluster", self.get_cluster_settings),
-            r("PUT", "/_cluster/settings", "cluster", self.put_cluster_settings),
-            r("GET", "/{index}/_doc/{id}", "doc", self.get_doc),
-            r("PUT,POST", "/{index}/_doc/{id}", "doc", self.index_doc),
-            r("POST", "/{index}/_doc", "doc", self.index_doc),
-            r("DELETE", "/{index}/_doc/{id}", "doc", self.delete_doc),
-            r("PUT,POST", "/{index}/_create/{id}", "doc", self.create_doc),
-            r("POST", "/{index}/_update/{id}", "update", self.update_doc),
-        ]
+        return route_table([
+            ("GET,HEAD", "/", "info", self.info),
+            ("POST,PUT", "/_bulk", "bulk", self.bulk),
+            ("POST,PUT", "/{index}/_bulk", "bulk", self.bulk),
+            ("GET,POST", "/_search", "search", self.search),
+            ("GET,POST", "/{index}/_search", "search", self.search),
+            ("GET,POST", "/_count", "count", self.count),
+            ("GET,POST", "/{index}/_count", "count", self.count),
+            ("POST", "/{index}/_pit", "pit", self.open_pit),
+            ("DELETE", "/_pit", "pit", self.close_pit),
+            ("GET,POST", "/_refresh", "refresh", self.refresh),
+            ("GET,POST", "/{index}/_refresh", "refresh", self.refresh),
+            ("GET", "/_index_template/{name}", "index_template", self.get_index_template),
+            ("PUT,POST", "/_index_template/{name}", "index_template", self.put_index_template),
+            ("GET", "/_data_stream", "data_stream", self.get_data_streams),
+            ("GET", "/_data_stream/{name}", "data_stream", self.get_data_streams),
+            ("PUT", "/_data_stream/{name}", "data_stream", self.put_data_stream),
+            ("GET", "/_ilm/policy/{name}", "ilm", self.get_ilm_policy),
+            ("PUT", "/_ilm/policy/{name}", "ilm", self.put_ilm_policy),
+            ("GET", "/{index}/_mapping", "mapping", self.get_mapping),
+            ("PUT,POST", "/{index}/_mapping", "mapping", self.put_mapping),
+            ("GET", "/{index}/_settings", "settings", self.get_settings),
+            ("PUT", "/{index}/_settings", "settings", self.put_settings),
+            ("GET", "/_cluster/settings", "cluster", self.get_cluster_settings),
+            ("PUT", "/_cluster/settings", "cluster", self.put_cluster_settings),
+            ("GET", "/{index}/_doc/{id}", "doc", self.get_doc),
+            ("PUT,POST", "/{index}/_doc/{id}", "doc", self.index_doc),
+            ("POST", "/{index}/_doc", "doc", self.index_doc),
+            ("DELETE", "/{index}/_doc/{id}", "doc", self.delete_doc),
+            ("PUT,POST", "/{index}/_create/{id}", "doc", self.create_doc),
+            ("POST", "/{index}/_update/{id}", "update", self.update_doc),
+        ])
 
     # ------------------------------------------------------------------ cluster
     def info(self, call: Call) -> Result:

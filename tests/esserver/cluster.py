@@ -2,8 +2,9 @@
 
 Everything that touches state runs under ``Cluster.lock`` (one re-entrant lock: a bulk is
 applied atomically with respect to other requests, which is simpler than and compatible
-with Elasticsearch's per-shard ordering).  Stored ``_source`` dicts are never mutated after
-they are stored (updates build new dicts), so responses can be serialized outside the lock.
+with Elasticsearch's per-shard ordering).  A stored version is never changed (an update
+stores a new one), and ``Doc.source`` parses a fresh copy, so responses can be built and
+serialized outside the lock.
 
 Refresh: writes become searchable when their index refreshes (see :mod:`.store`): every
 ``index.refresh_interval`` (default 1 s; ``-1`` never) by :meth:`Cluster.tick`, skipped for

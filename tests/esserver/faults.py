@@ -25,6 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .docvalues import get_values
+from .errors import circuit_breaking
+from .mapping import java_str
+from .security import challenges
+from .settings import CLUSTER_BLOCKS, INDEX_BLOCKS, block_error
+
 REQUEST_KINDS = frozenset({"status", "delay", "reset", "down"})
 # The status each injectable error type comes with when the fault names no status.
 ERROR_STATUS = {
@@ -150,7 +156,6 @@ class Fault:
         if hit and self.fraction is not None:
             hit = self._rng.random() < self.fraction
         if hit and self.match_field is not None:
-            from .docvalues import get_values
 
             vals = get_values(item.source, self.match_field) if item.source else []
             hit = (self.match_value in vals) if self.match_value is not None else bool(vals)
@@ -285,10 +290,6 @@ def outcome_of(error_type: str) -> str:
 def item_error(fault: Fault, index: str, doc_id: str | None, source: Any,
                parsing_type: str) -> tuple[int, dict[str, Any]]:
     """(status, error object) of a bulk item a fault selected."""
-    from .docvalues import get_values
-    from .errors import circuit_breaking
-    from .mapping import java_str
-    from .settings import INDEX_BLOCKS, block_error
 
     status = fault.status
     kind = parsing_type if fault.kind == "mapping" else (
@@ -344,9 +345,6 @@ def item_error(fault: Fault, index: str, doc_id: str | None, source: Any,
 
 def request_error(fault: Fault, major: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """(error object, extra headers) of a whole-request status fault."""
-    from .errors import circuit_breaking
-    from .security import challenges
-    from .settings import CLUSTER_BLOCKS, INDEX_BLOCKS, block_error
 
     status = fault.status
     kind = fault.error_type or {

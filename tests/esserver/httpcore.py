@@ -15,6 +15,8 @@ import contextlib
 import errno
 import gzip
 import http
+import os
+import signal
 import socket
 import struct
 import sys
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -58,6 +60,7 @@ class Request:
     params: dict[str, str]  # query parameters (last value wins)
     headers: Message
     body: bytes  # as received (still compressed when Content-Encoding says so)
+    size: int = 0  # the body's full length (``body`` stops after the server's limit)
     path_params: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
@@ -79,7 +82,7 @@ def json_response(status: int, payload: Any, content_type: str = "application/js
 
 
 # ============================================================================ routing
-Handler = Callable[[Request], Any]
+Handler = Callable[..., Any]  # (request-like) -> response; each server its own
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class Route:
     @property
     def pattern(self) -> tuple[str, ...]:
         return tuple(s for s in self.path.split("/") if s)
+
+
+def route_table(specs: Iterable[tuple[str, str, str, Handler]]) -> list[Route]:
+    """Routes from ``(methods, path, endpoint, handler)`` rows."""
+    return [Route(*spec) for spec in specs]
 
 
 class Router:
@@ -243,8 +251,7 @@ class Exchange(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         segs = [unquote(s) for s in url.path.split("/") if s]
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        request = Request(method, self.path, segs, params, self.headers, body)
-        request.size = size  # type: ignore[attr-defined]
+        request = Request(method, self.path, segs, params, self.headers, body, size)
         try:
             owner.handle(self, request)
         finally:
@@ -486,3 +493,25 @@ class BaseTestServer:
         with self._counter_lock:
             self._counters.clear()
         self.request_log.clear()
+
+
+def run_standalone(server: BaseTestServer, port_file: str | None, banner: str) -> int:
+    """Serve until SIGTERM/SIGINT; the bound port goes to ``port_file`` (atomically)."""
+    server.start()
+    if port_file:
+        tmp = f"{port_file}.tmp.{os.getpid()}"
+        with open(tmp, "w") as fh:
+            fh.write(f"{server.port}\n")
+        os.replace(tmp, port_file)
+    print(f"{banner} listening on {server.url}", file=sys.stderr, flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0

@@ -35,7 +35,6 @@ import base64
 import copy
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -45,24 +44,14 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from types import FrameType
 from typing import Any
 
 import orjson
 
+from . import httpcore
 from .errors import ESError
 from .faults import Fault, FaultPlan
-from .httpcore import (
-    REASONS,
-    BaseTestServer,
-    Exchange,
-    Request,
-    RequestRecord,
-    Response,
-    Route,
-    Router,
-    json_response,
-)
+from .httpcore import BaseTestServer, Request, Response, Route, Router, run_standalone
 from .security import Security
 
 IMPORTABLE = {
@@ -87,7 +76,7 @@ class KibanaError(Exception):
         self.headers = list(headers)
 
     def body(self) -> dict[str, Any]:
-        return {"statusCode": self.status, "error": REASONS.get(self.status, "Error"),
+        return {"statusCode": self.status, "error": httpcore.REASONS.get(self.status, "Error"),
                 "message": self.message}
 
 
@@ -218,23 +207,20 @@ class KibanaTestServer(BaseTestServer):
 
     # ------------------------------------------------------------------ HTTP
     def _routes(self) -> list[Route]:
-        def r(methods: str, path: str, endpoint: str, handler: Callable[..., Any]) -> Route:
-            return Route(methods, path, endpoint, handler)
+        return httpcore.route_table([
+            ("POST", "/api/saved_objects/_import", "import", self._import),
+            ("GET", "/api/saved_objects/{type}/{id}", "saved_object", self._get_object),
+            ("GET", "/api/spaces/space", "spaces", self._list_spaces),
+            ("GET", "/api/spaces/space/{id}", "spaces", self._get_space),
+            ("POST", "/api/spaces/space", "spaces", self._post_space),
+            ("GET", "/api/status", "status", self._status),
+        ])
 
-        return [
-            r("POST", "/api/saved_objects/_import", "import", self._import),
-            r("GET", "/api/saved_objects/{type}/{id}", "saved_object", self._get_object),
-            r("GET", "/api/spaces/space", "spaces", self._list_spaces),
-            r("GET", "/api/spaces/space/{id}", "spaces", self._get_space),
-            r("POST", "/api/spaces/space", "spaces", self._post_space),
-            r("GET", "/api/status", "status", self._status),
-        ]
-
-    def handle(self, ex: Exchange, req: Request) -> None:
+    def handle(self, ex: httpcore.Exchange, req: Request) -> None:
         space, segs = _space_of(req.segs)
         route, path_params, allowed = self.router.match(req.method, segs)
         endpoint = route.endpoint if route else "other"
-        record = RequestRecord(time.time(), req.method, req.path, endpoint, None,
+        record = httpcore.RequestRecord(time.time(), req.method, req.path, endpoint, None,
                                len(req.body), None)
         self._count("requests", f"requests.{endpoint}")
         ex.begin(record)
@@ -264,7 +250,7 @@ class KibanaTestServer(BaseTestServer):
 
     def _respond(self, req: Request, route: Route | None, allowed: list[str], space: str
                  ) -> Response:
-        if req.size > self.max_body_bytes:  # type: ignore[attr-defined]
+        if req.size > self.max_body_bytes:
             raise KibanaError(413, "Payload content length greater than maximum allowed: "
                                    f"{self.max_body_bytes}")
         self._authenticate(req)
@@ -295,7 +281,7 @@ class KibanaTestServer(BaseTestServer):
 
     def _json(self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()
               ) -> Response:
-        return json_response(status, payload, "application/json; charset=utf-8",
+        return httpcore.json_response(status, payload, "application/json; charset=utf-8",
                              [("kbn-name", "kibana"), *headers])
 
     def _fault_response(self, fault: Fault) -> Response:
@@ -576,23 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     for pair in args.user:
         name, _, password = pair.partition(":")
         srv.add_user(name, password)
-    srv.start()
-    if args.port_file:
-        tmp = f"{args.port_file}.tmp.{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(f"{srv.port}\n")
-        os.replace(tmp, args.port_file)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.5):
-        pass
-    srv.stop()
-    return 0
+    return run_standalone(srv, args.port_file, f"kibana {args.version}")
 
 
 if __name__ == "__main__":

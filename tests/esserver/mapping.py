@@ -247,7 +247,7 @@ def _check_none(value: Any) -> _Check:
     return None
 
 
-def _kind_of(type_: str) -> str:
+def kind_of(type_: str) -> str:
     if type_ in KEYWORD_TYPES:
         return "keyword"
     if type_ in TEXT_TYPES:
@@ -296,7 +296,7 @@ class FieldMapper:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
         self.type: str = params.get("type", "object")
-        self.kind = _kind_of(self.type)
+        self.kind = kind_of(self.type)
         ia = params.get("ignore_above")
         self.ignore_above: int | None = int(ia) if ia is not None else None
         self.fields: dict[str, FieldMapper] = {

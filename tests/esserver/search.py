@@ -21,6 +21,7 @@ import orjson
 from .aggs import MASK, AggContext, run_aggs
 from .docvalues import Field, parse_nanos
 from .errors import ESError, illegal_argument
+from .mapping import kind_of
 from .pit import keep_alive_seconds
 from .query import (
     QueryCompiler,
@@ -49,33 +50,40 @@ _LEAF_QUERIES = frozenset({"term", "terms", "range", "match", "match_phrase", "p
                            "wildcard"})
 
 
-def query_fields(query: Any, out: set[str]) -> set[str]:
+def query_fields(query: Any) -> set[str]:
     """Fields a query reads (so their doc values are built in one pass)."""
-    if isinstance(query, dict):
-        for key, value in query.items():
-            if key in _LEAF_QUERIES and isinstance(value, dict):
-                out.update(f for f in value if f not in ("boost", "_name"))
-            elif key == "exists" and isinstance(value, dict) and isinstance(
-                    value.get("field"), str):
-                out.add(value["field"])
-            else:
-                query_fields(value, out)
-    elif isinstance(query, list):
-        for item in query:
-            query_fields(item, out)
-    return out
+    return _fields_in(query, _query_field_names, set())
 
 
-def agg_fields(aggs: Any, out: set[str]) -> set[str]:
-    if isinstance(aggs, dict):
-        for key, value in aggs.items():
-            if key == "field" and isinstance(value, str):
-                out.add(value)
+def agg_fields(aggs: Any) -> set[str]:
+    return _fields_in(aggs, _agg_field_names, set())
+
+
+def _query_field_names(key: str, value: Any) -> list[str] | None:
+    if key in _LEAF_QUERIES and isinstance(value, dict):
+        return [f for f in value if f not in ("boost", "_name")]
+    if key == "exists" and isinstance(value, dict) and isinstance(value.get("field"), str):
+        return [value["field"]]
+    return None
+
+
+def _agg_field_names(key: str, value: Any) -> list[str] | None:
+    return [value] if key == "field" and isinstance(value, str) else None
+
+
+def _fields_in(node: Any, names: Any, out: set[str]) -> set[str]:
+    """Walk a request body; ``names(key, value)`` gives the fields a node names (None:
+    look inside it)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found = names(key, value)
+            if found is None:
+                _fields_in(value, names, out)
             else:
-                agg_fields(value, out)
-    elif isinstance(aggs, list):
-        for item in aggs:
-            agg_fields(item, out)
+                out.update(found)
+    elif isinstance(node, list):
+        for item in node:
+            _fields_in(item, names, out)
     return out
 
 
@@ -133,7 +141,7 @@ class _SortField:
         if main is not None:
             self.kind = main.kind
         else:
-            self.kind = _unmapped_kind(key.unmapped_type) if key.unmapped_type else "keyword"
+            self.kind = kind_of(key.unmapped_type) if key.unmapped_type else "keyword"
         self.numeric = self.kind in ("long", "double", "date", "boolean")
         self.main = main
         self.ranks: dict[Any, int] = {}
@@ -211,12 +219,6 @@ class _SortField:
         if self.kind == "boolean":
             return bool(value) if not isinstance(value, str) else value == "true"
         return value
-
-
-def _unmapped_kind(type_: str) -> str:
-    from .mapping import _kind_of
-
-    return _kind_of(type_)
 
 
 class _Plan:
@@ -339,17 +341,17 @@ class _Search:
         self.cluster.result_cache.put(("match", self.identity), refs)
         return refs
 
-    def sorted_refs(self, plan: _Plan, sort_spec: Any, refs: Sequence[int]) -> list[int]:
-        key = ("sort", self.identity, orjson.dumps(sort_spec, option=orjson.OPT_SORT_KEYS))
-        cached = self.cluster.result_cache.get(key)
+    def sorted_refs(self, keys: list[SortKey], refs: Sequence[int]) -> tuple[_Plan, list[int]]:
+        """The sort plan and the refs in its order (cached per searcher, query and sort)."""
+        cache_key = ("sort", self.identity, orjson.dumps([k.describe() for k in keys]))
+        cached = self.cluster.result_cache.get(cache_key)
         if cached is not None:
-            ordered, cached_plan = cached
-            plan.fields = cached_plan.fields
-            return ordered  # type: ignore[no-any-return]
+            return cached  # type: ignore[no-any-return]
+        plan = _Plan(keys, self.compilers)
         plan.prepare(refs)
-        ordered = sorted(refs, key=plan.key)
-        self.cluster.result_cache.put(key, (ordered, plan))
-        return ordered
+        result = (plan, sorted(refs, key=plan.key))
+        self.cluster.result_cache.put(cache_key, result)
+        return result
 
 
 def run_search(cluster: Cluster, target: str | None, body: dict[str, Any],
@@ -370,7 +372,7 @@ def run_search(cluster: Cluster, target: str | None, body: dict[str, Any],
             shards = [(idx, idx.refreshed_seq) for idx in sorted(indices, key=_name)]
         search = _Search(cluster, body, params, shards, pit_id)
         if count_only:
-            search.prefetch(query_fields(search.query, set()))
+            search.prefetch(query_fields(search.query))
             return {"count": len(search.matches()), "_shards": shards_header(len(shards))}
         out = _respond(search, t0)
     return out
@@ -402,7 +404,7 @@ def _respond(search: _Search, t0: float) -> dict[str, Any]:
         sort_spec = params["sort"].split(",")
     keys = parse_sort(sort_spec)
     aggs = body.get("aggs") or body.get("aggregations")
-    search.prefetch(query_fields(search.query, set()) | agg_fields(aggs, set())
+    search.prefetch(query_fields(search.query) | agg_fields(aggs)
                     | {k.name for k in keys if k.name not in _SPECIAL})
     after = body.get("search_after")
     if search.pit_id is not None and keys and (after is None or len(after) == len(keys) + 1) \
@@ -429,9 +431,9 @@ def _respond(search: _Search, t0: float) -> dict[str, Any]:
                                    f"{len(keys)}.")
     refs = search.matches()
     total = len(refs)
-    plan = _Plan(keys, search.compilers) if keys else None
-    if plan is not None:
-        ordered = search.sorted_refs(plan, [k.describe() for k in keys], refs)
+    plan: _Plan | None = None
+    if keys:
+        plan, ordered = search.sorted_refs(keys, refs)
         start = from_
         if after is not None:
             start = bisect_right(ordered, plan.after_key(after), key=plan.visible_key)

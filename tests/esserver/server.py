@@ -32,6 +32,7 @@ from .httpcore import (
     Route,
     Router,
     json_response,
+    route_table,
 )
 from .security import Security
 
@@ -245,7 +246,7 @@ class ESTestServer(BaseTestServer):
             ex.send(self._json(401, e.body(), extra=challenge), head=head)
             return
         body = req.body
-        if req.size > self.max_content_length:  # type: ignore[attr-defined]
+        if req.size > self.max_content_length:
             ex.send(_too_large())
             return
         enc = (req.header("Content-Encoding") or "").lower()
@@ -579,25 +580,22 @@ class ESTestServer(BaseTestServer):
 
     # ------------------------------------------------------------------ admin API (HTTP)
     def _admin_routes(self) -> list[Route]:
-        def r(methods: str, path: str, handler: Callable[..., Any]) -> Route:
-            return Route(methods, path, "admin", handler)
-
-        return [
-            r("GET", "/_test/stats", lambda req, data: (200, self.stats(), None)),
-            r("DELETE", "/_test/stats", self._admin_reset_stats),
-            r("GET", "/_test/faults", lambda req, data: (
+        return route_table([
+            ("GET", "/_test/stats", "admin", lambda req, data: (200, self.stats(), None)),
+            ("DELETE", "/_test/stats", "admin", self._admin_reset_stats),
+            ("GET", "/_test/faults", "admin", lambda req, data: (
                 200, {"faults": [f.describe() for f in self.faults.list()]}, None)),
-            r("POST,PUT", "/_test/faults", self._admin_add_faults),
-            r("DELETE", "/_test/faults", self._admin_clear_faults),
-            r("DELETE", "/_test/faults/{id}", self._admin_remove_fault),
-            r("POST", "/_test/reset", self._admin_reset),
-            r("POST", "/_test/down", self._admin_down),
-            r("GET", "/_test/docs/{target}", lambda req, data: (
+            ("POST,PUT", "/_test/faults", "admin", self._admin_add_faults),
+            ("DELETE", "/_test/faults", "admin", self._admin_clear_faults),
+            ("DELETE", "/_test/faults/{id}", "admin", self._admin_remove_fault),
+            ("POST", "/_test/reset", "admin", self._admin_reset),
+            ("POST", "/_test/down", "admin", self._admin_down),
+            ("GET", "/_test/docs/{target}", "admin", lambda req, data: (
                 200, self.docs(req.path_params["target"]), None)),
-            r("GET", "/_test/docs/{target}/{id}", self._admin_doc),
-            r("GET", "/_test/requests", lambda req, data: (
+            ("GET", "/_test/docs/{target}/{id}", "admin", self._admin_doc),
+            ("GET", "/_test/requests", "admin", lambda req, data: (
                 200, {"requests": [r.__dict__ for r in list(self.request_log)]}, None)),
-        ]
+        ])
 
     def _handle_admin(self, ex: Exchange, req: Request) -> None:
         route, path_params, _allowed = self.admin_router.match(req.method, req.segs)

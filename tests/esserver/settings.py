@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,15 +95,19 @@ def _setting_str(v: Any) -> Any:
 def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in sorted(flat.items()):
-        cur = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            nxt = cur.get(p)
-            if not isinstance(nxt, dict):
-                nxt = cur[p] = {}
-            cur = nxt
-        cur[parts[-1]] = value
+        put_path(out, key.split("."), value)
     return out
+
+
+def put_path(out: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """``out[a][b][c] = value`` for path (a, b, c), creating the objects on the way."""
+    cur = out
+    for part in path[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = cur[part] = {}
+        cur = nxt
+    cur[path[-1]] = value
 
 
 def parse_time(value: str, setting: str) -> float | None:

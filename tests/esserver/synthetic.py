@@ -20,6 +20,7 @@ import datetime
 from typing import Any
 
 from .mapping import FieldMapper, Mapping, ObjectMapper, to_millis
+from .settings import put_path
 
 _SORTED_DEDUPED = frozenset({"keyword", "ip"})
 _SORTED = frozenset({"long", "double", "date", "boolean"})
@@ -33,9 +34,9 @@ def synthesize(source: dict[str, Any], mapping: Mapping, keep: str) -> dict[str,
     for path, leaf in leaves.items():
         value = leaf.render(keep)
         if value is not _NONE:
-            _put(out, path, value)
+            put_path(out, path, value)
     for path, value in verbatim.items():
-        _put(out, path, value)
+        put_path(out, path, value)
     return _sorted(out)
 
 
@@ -174,16 +175,6 @@ def _nanos_string(value: str) -> str:
     frac = digits.rstrip("0")
     frac = frac + "0" * (3 - len(frac)) if len(frac) < 3 else frac
     return f"{head}.{frac}Z"
-
-
-def _put(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    cur = out
-    for part in path[:-1]:
-        nxt = cur.get(part)
-        if not isinstance(nxt, dict):
-            nxt = cur[part] = {}
-        cur = nxt
-    cur[path[-1]] = value
 
 
 def _sorted(obj: Any) -> Any:
