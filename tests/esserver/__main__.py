@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
-from types import FrameType
 
+from .httpcore import run_standalone
 from .server import ESTestServer
 
 
@@ -25,32 +22,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gzip-responses", action="store_true")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="do not gc.freeze() after each bulk (slower ingest)")
+    ap.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
+                    help="require credentials: accept this user (Basic auth); repeatable")
+    ap.add_argument("--api-key", action="append", default=[], metavar="ID:KEY",
+                    help="require credentials: accept this API key; repeatable")
+    ap.add_argument("--max-content-length", type=int, default=None, metavar="BYTES",
+                    help="http.max_content_length (default 100 MiB)")
     args = ap.parse_args(argv)
 
     srv = ESTestServer(args.host, args.port, args.major, version=args.version,
                        cluster_name=args.cluster_name,
                        gzip_responses=not args.no_gzip_responses,
                        gc_freeze=not args.no_gc_freeze)
-    srv.start()
-    if args.port_file:
-        tmp = f"{args.port_file}.tmp.{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(f"{srv.port}\n")
-        os.replace(tmp, args.port_file)
-    print(f"esserver listening on {srv.url} (major {args.major}, "
-          f"version {srv.cluster.version['number']})", file=sys.stderr, flush=True)
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.5):
-        pass
-    srv.stop()
-    return 0
+    if args.max_content_length is not None:
+        srv.max_content_length = args.max_content_length
+    for pair in args.user:
+        name, _, password = pair.partition(":")
+        srv.add_user(name, password)
+    for pair in args.api_key:
+        key_id, _, key = pair.partition(":")
+        srv.add_api_key(key_id, key)
+    version = srv.cluster.version["number"]
+    return run_standalone(srv, args.port_file, f"esserver (major {args.major}, version "
+                                               f"{version})")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 Everything that touches state runs under ``Cluster.lock`` (one re-entrant lock: a bulk is
 applied atomically with respect to other requests, which is simpler than and compatible
-with Elasticsearch's per-shard ordering).  Stored ``_source`` dicts are never mutated after
-they are stored (updates build new dicts), so responses can be serialized outside the lock.
+with Elasticsearch's per-shard ordering).  A stored version is never changed (an update
+stores a new one), and ``Doc.source`` parses a fresh copy, so responses can be built and
+serialized outside the lock.
 
-Refresh semantics: documents are visible to search/count immediately after the write is
-acknowledged (as if every write used ``refresh=true``); ``_refresh`` is accepted and a no-op.
+Refresh: writes become searchable when their index refreshes (see :mod:`.store`): every
+``index.refresh_interval`` (default 1 s; ``-1`` never) by :meth:`Cluster.tick`, skipped for
+a search-idle index (no search for ``index.search.idle.after``, default 30 s, while the
+interval is not set explicitly) until a search arrives; on ``POST _refresh``; on
+``?refresh=true``; ``?refresh=wait_for`` waits for the next one.
 """
 
 from __future__ import annotations
@@ -22,23 +26,37 @@ from typing import Any
 
 import orjson
 
-from .errors import ESError, es_error, illegal_argument, index_not_found
-from .faults import BulkItem, Fault
-from .mapping import Mapping, format_millis, java_str
-from .query import (
-    Field,
-    QueryCompiler,
-    compare_sort,
-    filter_source,
-    get_values,
-    normalize_after,
-    parse_sort,
-    run_aggs,
-    shard_failure,
-    sort_hits,
-    sort_values,
-    source_filter,
+from .aggs import AggCache
+from .docvalues import get_values
+from .errors import (
+    ESError,
+    auto_create_refused,
+    es_error,
+    illegal_argument,
+    index_not_found,
+    template_forbids_auto_create,
 )
+from .faults import BulkItem, Fault, item_error, outcome_of
+from .mapping import Mapping, format_millis
+from .pit import PitRegistry, keep_alive_seconds
+from .query import filter_source, source_filter
+from .search import run_search, shards_header
+from .security import Principal
+from .settings import (
+    CLUSTER_BLOCKS,
+    INDEX_BLOCKS,
+    AutoCreate,
+    active_blocks,
+    block_error,
+    check_cluster_settings,
+    check_index_settings_update,
+    flatten_settings,
+    nest_settings,
+    parse_time,
+)
+from .store import DataStream, Doc, Index, exact_bytes, new_uuid
+from .synthetic import synthesize
+from .templates import builtin_templates, glob_overlap
 
 VERSIONS: dict[int, dict[str, str]] = {
     7: {"number": "7.17.25", "lucene_version": "8.11.3",
@@ -64,69 +82,12 @@ _BULK_META_KEYS = frozenset({
     "pipeline", "require_alias", "retry_on_conflict", "_source", "dynamic_templates",
     "require_data_stream", "op_type", "list_executed_pipelines", "_type",
 })
-
-
-def _uuid() -> str:
-    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+LOGS_PATTERN = "logs-*-*"  # data streams that cluster.logsdb.enabled puts in logsdb mode
+BULK_ACTION = "indices:data/write/bulk[s]"
 
 
 def new_doc_id() -> str:
     return base64.urlsafe_b64encode(os.urandom(15)).decode()
-
-
-def flatten_settings(settings: dict[str, Any] | None, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in (settings or {}).items():
-        key = prefix + k
-        if isinstance(v, dict):
-            out.update(flatten_settings(v, key + "."))
-        else:
-            if not key.startswith("index."):
-                key = "index." + key
-            if isinstance(v, bool):
-                v = "true" if v else "false"
-            elif isinstance(v, list):
-                v = [str(x) for x in v]
-            out[key] = v if isinstance(v, list) else str(v)
-    return out
-
-
-def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in sorted(flat.items()):
-        cur = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            nxt = cur.get(p)
-            if not isinstance(nxt, dict):
-                nxt = cur[p] = {}
-            cur = nxt
-        cur[parts[-1]] = value
-    return out
-
-
-def glob_overlap(p: str, q: str) -> bool:
-    """Whether two ``*``-glob patterns can match a common string."""
-    memo: dict[tuple[int, int], bool] = {}
-
-    def go(i: int, j: int) -> bool:
-        key = (i, j)
-        if key in memo:
-            return memo[key]
-        if i == len(p) and j == len(q):
-            r = True
-        elif i < len(p) and p[i] == "*":
-            r = go(i + 1, j) or (j < len(q) and go(i, j + 1))
-        elif j < len(q) and q[j] == "*":
-            r = go(i, j + 1) or (i < len(p) and go(i + 1, j))
-        elif i < len(p) and j < len(q):
-            r = p[i] == q[j] and go(i + 1, j + 1)
-        else:
-            r = False
-        memo[key] = r
-        return r
-
-    return go(0, 0)
 
 
 def merge_doc(old: dict[str, Any], changes: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -149,119 +110,29 @@ def merge_doc(old: dict[str, Any], changes: dict[str, Any]) -> tuple[dict[str, A
 _ABSENT = object()
 
 
-class Doc:
-    __slots__ = ("seq_no", "source", "version")
+class WriteContext:
+    """What a bulk or single-document write request carries into each item."""
 
-    def __init__(self, source: dict[str, Any], version: int, seq_no: int) -> None:
-        self.source = source
-        self.version = version
-        self.seq_no = seq_no
+    def __init__(self, refresh: str, item_faults: list[Fault] | None = None,
+                 principal: Principal | None = None, require_data_stream: bool = False
+                 ) -> None:
+        self.refresh = refresh  # "false", "true" or "wait_for"
+        self.item_faults = item_faults or []
+        self.principal = principal
+        self.require_data_stream = require_data_stream
+        self.touched: dict[Index, int] = {}  # index -> highest sequence number written
 
-
-class Index:
-    def __init__(self, name: str, mapping: Mapping, settings: dict[str, Any],
-                 data_stream: str | None = None, template: str | None = None) -> None:
-        self.name = name
-        self.uuid = _uuid()
-        self.mapping = mapping
-        self.creation_date = int(time.time() * 1000)
-        self.settings = settings
-        self.data_stream = data_stream
-        self.template = template
-        self.hidden = data_stream is not None or settings.get("index.hidden") == "true"
-        self.docs: dict[str, Doc] = {}
-        self.tombstones: dict[str, int] = {}
-        self.seq_no = -1
-        try:
-            replicas = int(settings.get("index.number_of_replicas", "1"))
-        except ValueError:
-            replicas = 1
-        self.shards_total = 1 + replicas
-        self.max_result_window = int(settings.get("index.max_result_window", "10000"))
-
-    def next_seq(self) -> int:
-        self.seq_no += 1
-        return self.seq_no
-
-    def settings_body(self, major: int) -> dict[str, Any]:
-        flat: dict[str, Any] = {
-            "index.number_of_shards": "1",
-            "index.number_of_replicas": "1",
-            "index.routing.allocation.include._tier_preference": "data_content",
-            **self.settings,
-            "index.uuid": self.uuid,
-            "index.creation_date": str(self.creation_date),
-            "index.provided_name": self.name,
-            "index.version.created": {7: "7172599", 8: "8521000", 9: "9033000"}.get(major, "0"),
-        }
-        if self.data_stream is not None:
-            flat["index.hidden"] = "true"
-            flat["index.routing.allocation.include._tier_preference"] = "data_hot"
-        return nest_settings(flat)
+    def wrote(self, idx: Index, seq_no: int) -> None:
+        self.touched[idx] = max(seq_no, self.touched.get(idx, -1))
 
 
-class DataStream:
-    def __init__(self, name: str, template: str, tpl_body: dict[str, Any]) -> None:
-        self.name = name
-        self.template = template
-        self.tpl_body = tpl_body
-        self.indices: list[Index] = []
-        self.generation = 0
-        self.created = time.time()
-
-    @property
-    def write_index(self) -> Index:
-        return self.indices[-1]
-
-
-def _builtin_templates() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    strings_as_keyword = {
-        "match_mapping_type": "string",
-        "mapping": {"type": "keyword", "ignore_above": 1024},
-    }
-    components: dict[str, dict[str, Any]] = {}
-    templates: dict[str, dict[str, Any]] = {}
-    for kind in ("logs", "metrics", "synthetics"):
-        components[f"{kind}@mappings"] = {
-            "template": {
-                "mappings": {
-                    "date_detection": False,
-                    "dynamic_templates": [{"ecs_strings_as_keyword": strings_as_keyword}],
-                    "properties": {
-                        "@timestamp": {"type": "date"},
-                        "data_stream": {"properties": {
-                            "type": {"type": "constant_keyword", "value": kind},
-                            "dataset": {"type": "constant_keyword"},
-                            "namespace": {"type": "constant_keyword"},
-                        }},
-                    },
-                }
-            },
-            "version": 14,
-            "_meta": {"description": f"default mappings for the {kind} index template installed "
-                      "by x-pack", "managed": True},
-        }
-        settings: dict[str, Any] = {"index": {"lifecycle": {"name": kind}}}
-        if kind == "logs":
-            settings["index"]["mapping"] = {"ignore_malformed": True}
-        components[f"{kind}@settings"] = {
-            "template": {"settings": settings},
-            "version": 14,
-            "_meta": {"description": f"default settings for the {kind} index template installed "
-                      "by x-pack", "managed": True},
-        }
-        templates[kind] = {
-            "index_patterns": [f"{kind}-*-*"],
-            "composed_of": [f"{kind}@mappings", f"{kind}@settings", f"{kind}@custom"],
-            "priority": 100,
-            "version": 14,
-            "_meta": {"description": f"default {kind} template installed by x-pack",
-                      "managed": True},
-            "data_stream": {"hidden": False, "allow_custom_routing": False},
-            "allow_auto_create": True,
-            "ignore_missing_component_templates": [f"{kind}@custom"],
-        }
-    return templates, components
+def refresh_mode(params: dict[str, str]) -> str:
+    value = params.get("refresh", "false")
+    if value in ("", "true"):
+        return "true"
+    if value in ("false", "wait_for"):
+        return value
+    raise illegal_argument(f"Unknown value for refresh: [{value}].")
 
 
 class Cluster:
@@ -275,20 +146,31 @@ class Cluster:
             self.version["number"] = version
         self.cluster_name = cluster_name
         self.node_name = node_name
-        self.cluster_uuid = _uuid()
+        self.cluster_uuid = new_uuid()
         self.error_type = "document_parsing_exception" if major >= 8 else \
             "mapper_parsing_exception"
         self.lock = threading.RLock()
+        self.refreshed = threading.Condition(self.lock)
+        self._refresher: threading.Thread | None = None
+        self._stop_refresher = threading.Event()
+        self.pits = PitRegistry()
+        self.agg_cache = AggCache(4)  # composite groupings, for paging
+        self.result_cache = AggCache(4)  # matching and sorted refs, for paging
         self.reset()
 
     def reset(self) -> None:
         with self.lock:
             self.indices: dict[str, Index] = {}
             self.data_streams: dict[str, DataStream] = {}
-            templates, components = _builtin_templates()
+            templates, components = builtin_templates()
             self.templates: dict[str, dict[str, Any]] = templates
             self.component_templates: dict[str, dict[str, Any]] = components
             self.ilm: dict[str, dict[str, Any]] = {}
+            self.persistent: dict[str, Any] = {}
+            self.transient: dict[str, Any] = {}
+            self.pits.clear()
+            self.agg_cache.clear()
+            self.result_cache.clear()
 
     # ================================================================== info
     def info(self) -> dict[str, Any]:
@@ -311,27 +193,48 @@ class Cluster:
             "tagline": "You Know, for Search",
         }
 
-    def health(self, target: str | None = None) -> dict[str, Any]:
+    # ================================================================== cluster settings
+    def setting(self, key: str) -> Any:
+        """Effective cluster setting: transient over persistent over the default."""
         with self.lock:
-            n = len(self.resolve(target, allow_no_indices=False)) if target else len(self.indices)
-        return {
-            "cluster_name": self.cluster_name,
-            "status": "green",
-            "timed_out": False,
-            "number_of_nodes": 1,
-            "number_of_data_nodes": 1,
-            "active_primary_shards": n,
-            "active_shards": n,
-            "relocating_shards": 0,
-            "initializing_shards": 0,
-            "unassigned_shards": 0,
-            "unassigned_primary_shards": 0,
-            "delayed_unassigned_shards": 0,
-            "number_of_pending_tasks": 0,
-            "number_of_in_flight_fetch": 0,
-            "task_max_waiting_in_queue_millis": 0,
-            "active_shards_percent_as_number": 100.0,
-        }
+            for scope in (self.transient, self.persistent):
+                if key in scope:
+                    return scope[key]
+        return {"action.auto_create_index": "true",
+                "cluster.logsdb.enabled": "true" if self.major >= 9 else "false"}.get(key)
+
+    def put_cluster_settings(self, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in body if k not in ("persistent", "transient")]
+        if unknown:
+            raise es_error(400, "x_content_parse_exception",
+                           f"[1:2] [cluster_update_settings_request] unknown field [{unknown[0]}]")
+        updates = {scope: flatten_settings(body.get(scope), index_prefix=False)
+                   for scope in ("persistent", "transient")}
+        for scope, flat in updates.items():
+            check_cluster_settings(flat, scope)
+        with self.lock:
+            for scope, flat in updates.items():
+                target = self.persistent if scope == "persistent" else self.transient
+                for key, value in flat.items():
+                    if value is None:
+                        target.pop(key, None)
+                    else:
+                        target[key] = value
+        return {"acknowledged": True,
+                "persistent": nest_settings({k: v for k, v in updates["persistent"].items()
+                                             if v is not None}),
+                "transient": nest_settings({k: v for k, v in updates["transient"].items()
+                                            if v is not None})}
+
+    def get_cluster_settings(self, flat: bool = False) -> dict[str, Any]:
+        with self.lock:
+            shape = dict if flat else nest_settings
+            return {"persistent": shape(self.persistent), "transient": shape(self.transient)}
+
+    def _global_write_blocks(self) -> None:
+        blocks = [b for b in CLUSTER_BLOCKS if str(self.setting(b.setting)).lower() == "true"]
+        if blocks:
+            raise block_error(blocks, None)
 
     # ================================================================== names & templates
     @staticmethod
@@ -375,7 +278,7 @@ class Cluster:
         return settings, mappings
 
     def _new_index(self, name: str, tpl: tuple[str, dict[str, Any]] | None,
-                   body: dict[str, Any] | None = None, data_stream: str | None = None) -> Index:
+                   data_stream: str | None = None) -> Index:
         settings: dict[str, Any] = {}
         mapping = Mapping(error_type=self.error_type)
         if tpl is not None:
@@ -383,17 +286,14 @@ class Cluster:
             settings.update(tsettings)
             for m in tmappings:
                 mapping.merge(m)
-        if body:
-            settings.update(flatten_settings(body.get("settings")))
-            if body.get("mappings"):
-                mapping.merge(body["mappings"])
         if data_stream is not None:
             mapping.merge({"_data_stream_timestamp": {"enabled": True}})
             if mapping.resolve("@timestamp") is None:
                 mapping.merge({"properties": {"@timestamp": {"type": "date"}}})
+            if ("index.mode" not in settings and fnmatch.fnmatchcase(data_stream, LOGS_PATTERN)
+                    and str(self.setting("cluster.logsdb.enabled")).lower() == "true"):
+                settings["index.mode"] = "logsdb"
         mapping.ignore_malformed = settings.get("index.mapping.ignore_malformed") == "true"
-        if "index.mapping.total_fields.limit" in settings:
-            pass
         idx = Index(name, mapping, settings, data_stream, tpl[0] if tpl else None)
         self.indices[name] = idx
         return idx
@@ -409,13 +309,12 @@ class Cluster:
         ds.generation += 1
         day = time.strftime("%Y.%m.%d", time.gmtime())
         backing = f".ds-{ds.name}-{day}-{ds.generation:06d}"
-        tpl = (ds.template, ds.tpl_body)
-        return_idx = self._new_index(backing, tpl, data_stream=ds.name)
-        ds.indices.append(return_idx)
-        return return_idx
+        idx = self._new_index(backing, (ds.template, ds.tpl_body), data_stream=ds.name)
+        ds.indices.append(idx)
+        return idx
 
-    def _auto_create(self, name: str, allow_ds: bool = True) -> tuple[Index | None,
-                                                                       DataStream | None]:
+    def _auto_create(self, name: str) -> tuple[Index, DataStream | None]:
+        """The write target of ``name``, created (index or data stream) when allowed."""
         ds = self.data_streams.get(name)
         if ds is not None:
             return ds.write_index, ds
@@ -424,10 +323,22 @@ class Cluster:
             return idx, None
         self.validate_index_name(name)
         tpl = self.find_template(name)
-        if tpl is not None and tpl[1].get("data_stream") is not None and allow_ds:
+        self._check_auto_create(name, tpl)
+        if tpl is not None and tpl[1].get("data_stream") is not None:
             ds = self._create_data_stream(name, tpl)
             return ds.write_index, ds
         return self._new_index(name, tpl), None
+
+    def _check_auto_create(self, name: str, tpl: tuple[str, dict[str, Any]] | None) -> None:
+        """``AutoCreateIndex``: the template's ``allow_auto_create`` decides when it sets it,
+        else the ``action.auto_create_index`` cluster setting."""
+        if tpl is not None and tpl[1].get("allow_auto_create") is not None:
+            if tpl[1]["allow_auto_create"] is True:
+                return
+            raise template_forbids_auto_create(list(tpl[1]["index_patterns"]))
+        why = AutoCreate(str(self.setting("action.auto_create_index"))).refusal(name)
+        if why is not None:
+            raise auto_create_refused(name, why)
 
     # ================================================================== resolution
     def resolve(self, target: str | None, *, allow_no_indices: bool = True,
@@ -468,18 +379,91 @@ class Cluster:
             raise index_not_found(target or "_all")
         return list(out.values())
 
+    # ================================================================== refresh
+    def start_refresher(self) -> None:
+        if self._refresher is not None:
+            return
+        self._stop_refresher.clear()
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                           name="esserver-refresh")
+        self._refresher.start()
+
+    def stop_refresher(self) -> None:
+        thread, self._refresher = self._refresher, None
+        self._stop_refresher.set()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop_refresher.wait(0.05):
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        """Scheduled refreshes: each index every ``index.refresh_interval``; expired PITs."""
+        with self.lock:
+            self.pits.expire(now)
+            done = False
+            for idx in self.indices.values():
+                try:
+                    interval = idx.refresh_interval
+                except ESError:
+                    continue
+                if interval is None or now - idx.last_tick < interval:
+                    continue
+                idx.last_tick = now
+                if idx.pending and not idx.search_idle(now):
+                    idx.refresh()
+                    done = True
+            if done:
+                self.refreshed.notify_all()
+
+    def refresh(self, target: str | None) -> dict[str, Any]:
+        with self.lock:
+            indices = self.resolve(target)
+            for idx in indices:
+                idx.refresh()
+            self.refreshed.notify_all()
+        n = len(indices)
+        return {"_shards": {"total": sum(i.shards_total for i in indices), "successful": n,
+                            "failed": 0}}
+
+    def searcher_indices(self, indices: Iterable[Index]) -> None:
+        """A search reaches these indices: a search-idle one refreshes first."""
+        now = time.monotonic()
+        for idx in indices:
+            if idx.pending and idx.search_idle(now):
+                idx.refresh()
+                self.refreshed.notify_all()
+            idx.last_search = now
+
+    def _after_write(self, ctx: WriteContext) -> None:
+        """?refresh=true refreshes what was written (under the lock); wait_for waits for it."""
+        if ctx.refresh == "true":
+            with self.lock:
+                for idx in ctx.touched:
+                    idx.refresh()
+                self.refreshed.notify_all()
+        elif ctx.refresh == "wait_for":
+            with self.lock:
+                now = time.monotonic()
+                for idx in ctx.touched:
+                    if self._refresher is None or idx.search_idle(now):
+                        idx.refresh()  # nothing else would refresh it
+                while not self._stop_refresher.is_set() and any(
+                        idx.refreshed_seq < seq for idx, seq in ctx.touched.items()):
+                    self.refreshed.wait(0.1)
+
     # ================================================================== bulk
-    def bulk(self, body: bytes, default_index: str | None, refresh: bool,
-             item_faults: list[Fault], counts: Counter[str],
-             require_data_stream: bool = False) -> dict[str, Any]:
+    def bulk(self, body: bytes, default_index: str | None, ctx: WriteContext,
+             counts: Counter[str]) -> dict[str, Any]:
         t0 = time.perf_counter()
         ops = self._parse_bulk(body, default_index)
         items: list[dict[str, Any]] = []
         errors = False
         with self.lock:
+            self._global_write_blocks()
             for pos, (op, meta, name, raw) in enumerate(ops):
-                item, outcome = self._exec(pos, op, meta, name, raw, item_faults, refresh,
-                                           require_data_stream)
+                item, outcome = self._exec(pos, op, meta, name, raw, ctx)
                 counts["bulk.items"] += 1
                 counts["bulk.items." + outcome] += 1
                 inner = item[op]
@@ -487,6 +471,7 @@ class Cluster:
                 if "error" in inner:
                     errors = True
                 items.append(item)
+        self._after_write(ctx)
         took = int((time.perf_counter() - t0) * 1000)
         return {"errors": errors, "took": took, "items": items}
 
@@ -550,8 +535,7 @@ class Cluster:
 
     # ----------------------------------------------------------------- per item
     def _exec(self, pos: int, op: str, meta: dict[str, Any], name: str, raw: bytes | None,
-              item_faults: list[Fault], refresh: bool, require_data_stream: bool = False
-              ) -> tuple[dict[str, Any], str]:
+              ctx: WriteContext) -> tuple[dict[str, Any], str]:
         doc_id = meta.get("_id")
         if doc_id is not None:
             doc_id = str(doc_id)
@@ -571,7 +555,7 @@ class Cluster:
                     "caused_by": {"type": "not_x_content_exception",
                                   "reason": "Compressor detection can only be called on some "
                                   "xcontent bytes or compressed xcontent bytes"}}), "mapping_error"
-        for fault in item_faults:
+        for fault in ctx.item_faults:
             src_for_pred = source.get("doc") if op == "update" and source else source
             if fault.selects(BulkItem(pos, op, name, doc_id, src_for_pred)):
                 return self._fault_item(fault, op, name, doc_id, src_for_pred)
@@ -580,6 +564,9 @@ class Cluster:
                 "type": "action_request_validation_exception",
                 "reason": "Validation Failed: 1: if _id is specified it must not be empty;"}), \
                 "error"
+        if ctx.principal is not None and not ctx.principal.may_write(name):
+            err = ctx.principal.unauthorized(BULK_ACTION, name)
+            return self._item_error(op, name, doc_id, 403, err), "forbidden"
         # --- resolve target
         try:
             if op == "delete":
@@ -590,9 +577,9 @@ class Cluster:
             else:
                 idx, ds = self._auto_create(name)
         except ESError as e:
-            return self._item_error(op, name, doc_id, e.status, e.err), "error"
-        assert idx is not None
-        if (require_data_stream or meta.get("require_data_stream")) and ds is None:
+            return self._item_error(op, name, doc_id, e.status, e.err), outcome_of(
+                str(e.err.get("type")))
+        if (ctx.require_data_stream or meta.get("require_data_stream")) and ds is None:
             return self._item_error(op, name, doc_id, 400, {
                 "type": "index_not_found_exception",
                 "reason": f"no such index [{name}] and [require_data_stream] request flag "
@@ -609,27 +596,33 @@ class Cluster:
                 "reason": "index request with op_type=create targeting backing indices is "
                 f"disallowed, target corresponding data stream [{idx.data_stream}] instead",
             }), "error"
+        blocks = [b for b in active_blocks(idx.settings, INDEX_BLOCKS) if b.write]
+        if blocks:
+            err = block_error(blocks, idx.name)
+            return self._item_error(op, idx.name, doc_id, err.status, err.err), "blocked"
         if op == "delete":
-            return self._delete(idx, doc_id, meta, refresh)
+            return self._delete(idx, doc_id, ctx)
         if op == "update":
-            return self._update(idx, doc_id, source, raw, refresh)
-        return self._index(op, idx, ds, doc_id, source, raw, meta, refresh)
+            return self._update(idx, doc_id, source, ctx)
+        return self._index(op, idx, ds, doc_id, source, raw, meta, ctx)
 
     def _ok(self, op: str, idx: Index, doc_id: str, doc_version: int, result: str,
-            seq_no: int, status: int, refresh: bool, noop: bool = False) -> dict[str, Any]:
+            seq_no: int, status: int, ctx: WriteContext, noop: bool = False) -> dict[str, Any]:
         inner: dict[str, Any] = {
             "_index": idx.name,
             "_id": doc_id,
             "_version": doc_version,
             "result": result,
         }
-        if refresh and not noop:
+        if ctx.refresh == "true" and not noop:
             inner["forced_refresh"] = True
         inner["_shards"] = ({"total": 0, "successful": 0, "failed": 0} if noop else
                             {"total": idx.shards_total, "successful": 1, "failed": 0})
         inner["_seq_no"] = seq_no
         inner["_primary_term"] = 1
         inner["status"] = status
+        if not noop:
+            ctx.wrote(idx, seq_no)
         return {op: inner}
 
     def _item_error(self, op: str, index: str, doc_id: str | None, status: int,
@@ -644,52 +637,13 @@ class Cluster:
                     source: Any) -> tuple[dict[str, Any], str]:
         ds = self.data_streams.get(name)
         index = ds.write_index.name if ds else name
-        status = fault.status
-        if fault.kind == "mapping":
-            field = fault.match_field
-            if fault.reason:
-                reason = fault.reason
-            elif field:
-                vals = get_values(source, field) if isinstance(source, dict) else []
-                preview = java_str(vals[0]) if vals else ""
-                reason = (f"[1:1] failed to parse field [{field}] of type [keyword] in document "
-                          f"with id '{doc_id}'. Preview of field's value: '{preview}'")
-            else:
-                reason = "[1:1] failed to parse"
-            err: dict[str, Any] = {"type": self.error_type, "reason": reason,
-                                   "caused_by": {"type": "illegal_argument_exception",
-                                                 "reason": "injected mapping error"}}
-            return self._item_error(op, index, doc_id, status, err), "mapping_error"
-        if status == 429:
-            err = {"type": "es_rejected_execution_exception",
-                   "reason": fault.reason or (
-                       "rejected execution of primary operation [coordinating_and_primary_bytes="
-                       "104857600, replica_bytes=0, all_bytes=104857600, "
-                       "primary_operation_bytes=2048, max_coordinating_and_primary_bytes="
-                       "107374182]")}
-            outcome = "rejected"
-        elif status == 503:
-            err = {"type": "unavailable_shards_exception",
-                   "reason": fault.reason or (
-                       f"[{index}][0] primary shard is not active Timeout: [1m], request: "
-                       f"[BulkShardRequest [[{index}][0]] containing [1] requests]")}
-            outcome = "unavailable"
-        elif status == 409:
-            err = {"type": "version_conflict_engine_exception",
-                   "reason": fault.reason or f"[{doc_id}]: version conflict, document already "
-                   "exists (current version [1])", "index_uuid": "_na_", "shard": "0",
-                   "index": index}
-            outcome = "conflict"
-        else:
-            err = {"type": "exception" if status >= 500 else "illegal_argument_exception",
-                   "reason": fault.reason or f"injected item failure with status [{status}]"}
-            outcome = "error"
-        return self._item_error(op, index, doc_id, status, err), outcome
+        status, err = item_error(fault, index, doc_id, source, self.error_type)
+        return self._item_error(op, index, doc_id, status, err), outcome_of(err["type"])
 
     def _index(self, op: str, idx: Index, ds: DataStream | None, doc_id: str | None,
                source: dict[str, Any], raw: bytes | None, meta: dict[str, Any],
-               refresh: bool) -> tuple[dict[str, Any], str]:
-        existing = idx.docs.get(doc_id) if doc_id is not None else None
+               ctx: WriteContext) -> tuple[dict[str, Any], str]:
+        existing = idx.current(doc_id) if doc_id is not None else None
         if op == "create" and existing is not None:
             return self._item_error(op, idx.name, doc_id, 409, self._shard_err(
                 idx, "version_conflict_engine_exception",
@@ -729,13 +683,14 @@ class Cluster:
         else:
             version = idx.tombstones.pop(doc_id, 0) + 1
         seq = idx.next_seq()
-        idx.docs[doc_id] = Doc(source, version, seq)
+        idx.put(Doc(doc_id, raw if raw is not None else exact_bytes(orjson.dumps(source)),
+                    version, seq))
         if existing is None:
-            return self._ok(op, idx, doc_id, version, "created", seq, 201, refresh), "created"
-        return self._ok(op, idx, doc_id, version, "updated", seq, 200, refresh), "updated"
+            return self._ok(op, idx, doc_id, version, "created", seq, 201, ctx), "created"
+        return self._ok(op, idx, doc_id, version, "updated", seq, 200, ctx), "updated"
 
     def _update(self, idx: Index, doc_id: str | None, body: dict[str, Any],
-                raw: bytes | None, refresh: bool) -> tuple[dict[str, Any], str]:
+                ctx: WriteContext) -> tuple[dict[str, Any], str]:
         op = "update"
         if doc_id is None:
             return self._item_error(op, idx.name, None, 400, {
@@ -746,7 +701,7 @@ class Cluster:
                 "type": "illegal_argument_exception",
                 "reason": "scripted updates are not supported by the test server"}), "error"
         doc = body.get("doc")
-        existing = idx.docs.get(doc_id)
+        existing = idx.current(doc_id)
         if existing is None:
             if body.get("doc_as_upsert") and isinstance(doc, dict):
                 new_src = doc
@@ -762,8 +717,8 @@ class Cluster:
                 return self._item_error(op, idx.name, doc_id, e.status, e.err), "mapping_error"
             version = idx.tombstones.pop(doc_id, 0) + 1
             seq = idx.next_seq()
-            idx.docs[doc_id] = Doc(new_src, version, seq)
-            return self._ok(op, idx, doc_id, version, "created", seq, 201, refresh), "created"
+            idx.put(Doc(doc_id, exact_bytes(orjson.dumps(new_src)), version, seq))
+            return self._ok(op, idx, doc_id, version, "created", seq, 201, ctx), "created"
         if not isinstance(doc, dict):
             return self._item_error(op, idx.name, doc_id, 400, {
                 "type": "action_request_validation_exception",
@@ -771,67 +726,59 @@ class Cluster:
         merged, changed = merge_doc(existing.source, doc)
         if not changed and body.get("detect_noop", True):
             return self._ok(op, idx, doc_id, existing.version, "noop", existing.seq_no, 200,
-                            refresh, noop=True), "noop"
+                            ctx, noop=True), "noop"
         try:
             idx.mapping.index_document(merged, doc_id, orjson.dumps(doc))
         except ESError as e:
             return self._item_error(op, idx.name, doc_id, e.status, e.err), "mapping_error"
         version = existing.version + 1
         seq = idx.next_seq()
-        idx.docs[doc_id] = Doc(merged, version, seq)
-        return self._ok(op, idx, doc_id, version, "updated", seq, 200, refresh), "updated"
+        idx.put(Doc(doc_id, exact_bytes(orjson.dumps(merged)), version, seq))
+        return self._ok(op, idx, doc_id, version, "updated", seq, 200, ctx), "updated"
 
-    def _delete(self, idx: Index, doc_id: str | None, meta: dict[str, Any],
-                refresh: bool) -> tuple[dict[str, Any], str]:
+    def _delete(self, idx: Index, doc_id: str | None, ctx: WriteContext
+                ) -> tuple[dict[str, Any], str]:
         if doc_id is None:
             return self._item_error("delete", idx.name, None, 400, {
                 "type": "action_request_validation_exception",
                 "reason": "Validation Failed: 1: id is missing;"}), "error"
-        existing = idx.docs.pop(doc_id, None)
         seq = idx.next_seq()
+        existing = idx.remove(doc_id, seq)
         if existing is not None:
             version = existing.version + 1
             idx.tombstones[doc_id] = version
-            return self._ok("delete", idx, doc_id, version, "deleted", seq, 200, refresh), \
+            return self._ok("delete", idx, doc_id, version, "deleted", seq, 200, ctx), \
                 "deleted"
         version = idx.tombstones.get(doc_id, 0) + 1
         idx.tombstones[doc_id] = version
-        return self._ok("delete", idx, doc_id, version, "not_found", seq, 404, refresh), \
+        return self._ok("delete", idx, doc_id, version, "not_found", seq, 404, ctx), \
             "not_found"
 
     # ================================================================== single-document APIs
     def write_one(self, op: str, target: str, doc_id: str | None, body: bytes,
-                  refresh: bool, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+                  params: dict[str, str], principal: Principal | None = None
+                  ) -> tuple[int, dict[str, Any]]:
         meta: dict[str, Any] = {}
         if doc_id is not None:
             meta["_id"] = doc_id
         for p in ("if_seq_no", "if_primary_term"):
             if p in params:
                 meta[p] = int(params[p])
-        if op == "index" and params.get("op_type") == "create":
-            op = "create"
+        op_type = params.get("op_type")
+        if op == "index" and (op_type == "create" or (doc_id is None and op_type is None)):
+            op = "create"  # RestIndexAction: an auto-generated id defaults to op_type create
         raw: bytes | None = body if op != "delete" else None
         if op != "delete" and not body:
             raise es_error(400, "action_request_validation_exception",
                            "Validation Failed: 1: source is missing;2: content type is missing;")
+        ctx = WriteContext(refresh_mode(params), principal=principal)
         with self.lock:
-            if op == "update":
-                idx_name = target
-                if target in self.data_streams:
-                    raise illegal_argument(
-                        "only write ops with an op_type of create are allowed in data streams")
-                if target not in self.indices:
-                    try:
-                        self._auto_create(target)
-                    except ESError:
-                        raise
-                idx_name = target
-                item, _ = self._exec(0, "update", meta, idx_name, raw, [], refresh)
-            else:
-                if op == "delete" and target in self.data_streams:
-                    raise illegal_argument(
-                        "only write ops with an op_type of create are allowed in data streams")
-                item, _ = self._exec(0, op, meta, target, raw, [], refresh)
+            self._global_write_blocks()
+            if op in ("update", "delete") and target in self.data_streams:
+                raise illegal_argument(
+                    "only write ops with an op_type of create are allowed in data streams")
+            item, _ = self._exec(0, op, meta, target, raw, ctx)
+        self._after_write(ctx)
         inner = item[op if op in item else next(iter(item))]
         status = inner.pop("status")
         if "error" in inner:
@@ -848,228 +795,80 @@ class Cluster:
                     raise index_not_found(target)
                 candidates = [idx]
             for idx in reversed(candidates):
-                doc = idx.docs.get(doc_id)
+                doc = idx.current(doc_id)
                 if doc is not None:
                     out: dict[str, Any] = {"_index": idx.name, "_id": doc_id,
                                            "_version": doc.version, "_seq_no": doc.seq_no,
                                            "_primary_term": 1, "found": True}
                     enabled, inc, exc = source_filter(source)
                     if enabled:
-                        out["_source"] = (filter_source(doc.source, inc, exc)
-                                          if inc is not None or exc else doc.source)
+                        src = self.source_of(idx, doc)
+                        out["_source"] = (filter_source(src, inc, exc)
+                                          if inc is not None or exc else src)
                     return 200, out
             return 404, {"_index": candidates[-1].name if candidates else target, "_id": doc_id,
                          "found": False}
 
+    def source_of(self, idx: Index, doc: Doc) -> dict[str, Any]:
+        """The ``_source`` Elasticsearch returns: synthetic in a logsdb index."""
+        if idx.mode != "logsdb" or idx.settings.get("index.mapping.source.mode") == "stored":
+            return doc.source
+        keep = idx.settings.get("index.mapping.synthetic_source_keep", "arrays")
+        return synthesize(doc.source, idx.mapping, keep)
+
     # ================================================================== search
     def search(self, target: str | None, body: dict[str, Any], params: dict[str, str],
                count_only: bool = False) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        ignore_unavailable = params.get("ignore_unavailable") == "true"
-        allow_no = params.get("allow_no_indices", "true") != "false"
-        query = body.get("query")
-        if query is None and params.get("q"):
-            query = _q_param(params["q"])
+        return run_search(self, target, body, params, count_only)
+
+    def open_pit(self, target: str, keep_alive: str | None) -> dict[str, Any]:
+        seconds = keep_alive_seconds(keep_alive)
         with self.lock:
-            indices = self.resolve(target, allow_no_indices=allow_no,
-                                   ignore_unavailable=ignore_unavailable)
-            now = int(time.time() * 1000)
-            compiled = [(idx, QueryCompiler(idx.mapping, now)) for idx in indices]
-            preds = [(idx, comp, comp.compile(query)) for idx, comp in compiled]
-            if count_only:
-                n = 0
-                for idx, _comp, pred in preds:
-                    for doc_id, doc in idx.docs.items():
-                        if pred(doc_id, doc.source):
-                            n += 1
-                return {"count": n, "_shards": _shards(len(indices))}
-            size = int(body.get("size", params.get("size", 10)))
-            from_ = int(body.get("from", params.get("from", 0)))
-            sort_spec = body.get("sort")
-            if sort_spec is None and params.get("sort"):
-                sort_spec = params["sort"].split(",")
-            keys = parse_sort(sort_spec)
-            window = min((idx.max_result_window for idx in indices), default=10000)
-            if from_ + size > window:
-                raise shard_failure(
-                    f"Result window is too large, from + size must be less than or equal to: "
-                    f"[{window}] but was [{from_ + size}]. See the scroll api for a more "
-                    "efficient way to request large data sets. This limit can be set by "
-                    "changing the [index.max_result_window] index level setting.")
-            sort_fields_per_idx: list[list[Field | None]] = []
-            if keys:
-                for key in keys:
-                    if key.name in ("_doc", "_shard_doc", "_score"):
-                        continue
-                    if key.name == "_id":
-                        raise shard_failure(
-                            "Fielddata access on the _id field is disallowed, you can re-enable "
-                            "it by updating the dynamic cluster setting: "
-                            "indices.id_field_data.enabled")
-                    kinds = {comp.field(key.name).kind for _i, comp in compiled}
-                    if "text" in kinds:
-                        raise shard_failure(
-                            "Text fields are not optimised for operations that require "
-                            "per-document field data like aggregations and sorting, so these "
-                            "operations are disabled by default. Please use a keyword field "
-                            "instead. Alternatively, set fielddata=true on "
-                            f"[{key.name}] in order to load field data by uninverting the "
-                            "inverted index. Note that this can use significant memory.")
-                    if compiled and kinds <= {"unmapped", "object"} and not key.kind:
-                        raise shard_failure(f"No mapping found for [{key.name}] in order to "
-                                            "sort on", "query_shard_exception")
-                for _idx, comp in compiled:
-                    sort_fields_per_idx.append([
-                        None if k.name in ("_doc", "_shard_doc", "_score") else
-                        comp.field(k.name) for k in keys])
-            matched: list[tuple[list[Any], Any]] = []
-            agg_docs: list[tuple[QueryCompiler, str, dict[str, Any]]] = []
-            aggs = body.get("aggs") or body.get("aggregations")
-            order = 0
-            for n_idx, (idx, comp, pred) in enumerate(preds):
-                sfields = sort_fields_per_idx[n_idx] if keys else []
-                for doc_id, doc in idx.docs.items():
-                    order += 1
-                    if pred(doc_id, doc.source):
-                        sv = sort_values(keys, sfields, doc_id, doc.source, order) if keys else []
-                        matched.append((sv, (idx, doc_id, doc)))
-                        if aggs:
-                            agg_docs.append((comp, doc_id, doc.source))
-            total = len(matched)
-            if keys:
-                sort_hits(keys, matched)
-                after = body.get("search_after")
-                if after is not None:
-                    norm = normalize_after(keys, sort_fields_per_idx[0] if sort_fields_per_idx
-                                           else [None] * len(keys), after)
-                    matched = [m for m in matched if compare_sort(keys, m[0], norm) > 0]
-            elif body.get("search_after") is not None:
-                raise shard_failure("Sort must contain at least one field.")
-            page = matched[from_ : from_ + size] if size > 0 else []
-            enabled, inc, exc = source_filter(body.get("_source", _source_param(params)))
-            hits = []
-            for sv, (idx, doc_id, doc) in page:
-                hit: dict[str, Any] = {"_index": idx.name, "_id": doc_id,
-                                       "_score": None if keys else 1.0}
-                if body.get("seq_no_primary_term"):
-                    hit["_seq_no"] = doc.seq_no
-                    hit["_primary_term"] = 1
-                if body.get("version"):
-                    hit["_version"] = doc.version
-                if enabled:
-                    hit["_source"] = (filter_source(doc.source, inc, exc)
-                                      if inc is not None or exc else doc.source)
-                if keys:
-                    hit["sort"] = sv
-                hits.append(hit)
-            agg_out = run_aggs(aggs, agg_docs) if aggs else None
-        tth = body.get("track_total_hits", params.get("track_total_hits", 10000))
-        hits_obj: dict[str, Any] = {}
-        if tth is True or tth == "true":
-            hits_obj["total"] = {"value": total, "relation": "eq"}
-        elif tth is False or tth == "false":
-            pass
-        else:
-            limit = int(tth)
-            hits_obj["total"] = ({"value": total, "relation": "eq"} if total <= limit else
-                                 {"value": limit, "relation": "gte"})
-        hits_obj["max_score"] = None if keys or not hits else 1.0
-        hits_obj["hits"] = hits
-        out: dict[str, Any] = {
-            "took": int((time.perf_counter() - t0) * 1000),
-            "timed_out": False,
-            "_shards": _shards(len(indices)),
-            "hits": hits_obj,
-        }
-        if agg_out is not None:
-            out["aggregations"] = agg_out
+            indices = sorted(self.resolve(target), key=lambda i: i.name)
+            self.searcher_indices(indices)
+            pit = self.pits.open([(idx, idx.refreshed_seq) for idx in indices], seconds)
+        out: dict[str, Any] = {"id": pit.id}
+        if self.major >= 8:
+            out["_shards"] = shards_header(len(indices))
         return out
 
-    def delete_by_query(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
+    def close_pit(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pit_id = body.get("id")
+        if not isinstance(pit_id, str):
+            raise es_error(400, "action_request_validation_exception",
+                           "Validation Failed: 1: point-in-time id must not be empty;")
         with self.lock:
-            indices = self.resolve(target)
-            deleted = 0
-            for idx in indices:
-                pred = QueryCompiler(idx.mapping).compile(body.get("query"))
-                for doc_id in [d for d, doc in idx.docs.items() if pred(d, doc.source)]:
-                    self._delete(idx, doc_id, {}, False)
-                    deleted += 1
-        return {"took": int((time.perf_counter() - t0) * 1000), "timed_out": False,
-                "total": deleted, "deleted": deleted, "batches": 1 if deleted else 0,
-                "version_conflicts": 0, "noops": 0,
-                "retries": {"bulk": 0, "search": 0}, "throttled_millis": 0,
-                "requests_per_second": -1.0, "throttled_until_millis": 0, "failures": []}
+            freed = self.pits.close(pit_id)
+        return (200 if freed else 404), {"succeeded": True, "num_freed": 1 if freed else 0}
+
+    # ================================================================== fixtures
+    def load(self, target: str, docs: Iterable[Any], refresh: bool = True) -> int:
+        """Store documents without HTTP or per-request work: ``docs`` yields sources, or
+        ``(id, source)`` pairs. Mapping rules apply (a failing document raises ESError);
+        an existing id raises ValueError. Returns the number stored."""
+        n = 0
+        dumps = orjson.dumps
+        with self.lock:
+            idx, ds = self._auto_create(target)
+            for item in docs:
+                doc_id, source = item if isinstance(item, tuple) else (None, item)
+                doc_id = new_doc_id() if doc_id is None else str(doc_id)
+                if doc_id in idx.live:
+                    raise ValueError(f"document [{doc_id}] already exists in [{idx.name}]")
+                raw = exact_bytes(dumps(source))
+                if ds is not None and not get_values(source, "@timestamp"):
+                    raise es_error(400, self.error_type, "data stream timestamp field "
+                                   "[@timestamp] is missing")
+                idx.mapping.index_document(source, doc_id, raw)
+                version = idx.tombstones.pop(doc_id, 0) + 1
+                idx.put(Doc(doc_id, raw, version, idx.next_seq()))
+                n += 1
+            if refresh:
+                idx.refresh()
+                self.refreshed.notify_all()
+        return n
 
     # ================================================================== indices
-    def create_index(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        with self.lock:
-            if name in self.indices:
-                idx = self.indices[name]
-                raise ESError(400, {"type": "resource_already_exists_exception",
-                                    "reason": f"index [{name}/{idx.uuid}] already exists",
-                                    "index_uuid": idx.uuid, "index": name})
-            if name in self.data_streams:
-                raise ESError(400, {"type": "resource_already_exists_exception",
-                                    "reason": f"data stream [{name}] already exists",
-                                    "index_uuid": "_na_", "index": name})
-            self.validate_index_name(name)
-            tpl = self.find_template(name)
-            if tpl is not None and tpl[1].get("data_stream") is not None:
-                raise illegal_argument(
-                    f"cannot create index with name [{name}], because it matches with template "
-                    f"[{tpl[0]}] that creates data streams only, use create data stream api "
-                    "instead")
-            self._new_index(name, tpl, body)
-        return {"acknowledged": True, "shards_acknowledged": True, "index": name}
-
-    def delete_index(self, target: str) -> dict[str, Any]:
-        with self.lock:
-            names: list[str] = []
-            for expr in target.split(","):
-                if "*" in expr or expr == "_all":
-                    raise illegal_argument(
-                        f"Wildcard expressions or all indices are not allowed: {target}"
-                        if self.major >= 8 else "wildcards disabled")
-                if expr in self.data_streams:
-                    raise illegal_argument(
-                        f"The provided expression [{expr}] matches a data stream, specify the "
-                        "corresponding concrete indices instead.")
-                idx = self.indices.get(expr)
-                if idx is None:
-                    raise index_not_found(expr)
-                if idx.data_stream is not None:
-                    ds = self.data_streams[idx.data_stream]
-                    if ds.write_index is idx:
-                        raise illegal_argument(
-                            f"index [{expr}] is the write index for data stream "
-                            f"[{ds.name}] and cannot be deleted")
-                names.append(expr)
-            for n in names:
-                idx = self.indices.pop(n)
-                if idx.data_stream is not None:
-                    ds = self.data_streams[idx.data_stream]
-                    ds.indices = [i for i in ds.indices if i is not idx]
-        return {"acknowledged": True}
-
-    def get_index(self, target: str) -> dict[str, Any]:
-        with self.lock:
-            out: dict[str, Any] = {}
-            for idx in self.resolve(target, allow_no_indices=True):
-                entry: dict[str, Any] = {"aliases": {}, "mappings": idx.mapping.to_dict(),
-                                         "settings": idx.settings_body(self.major)}
-                if idx.data_stream is not None:
-                    entry["data_stream"] = idx.data_stream
-                out[idx.name] = entry
-            return out
-
-    def index_exists(self, target: str) -> bool:
-        with self.lock:
-            try:
-                return bool(self.resolve(target, allow_no_indices=False))
-            except ESError:
-                return False
-
     def get_mapping(self, target: str | None) -> dict[str, Any]:
         with self.lock:
             return {idx.name: {"mappings": idx.mapping.to_dict()}
@@ -1077,33 +876,56 @@ class Cluster:
 
     def put_mapping(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            for idx in self.resolve(target, allow_no_indices=False):
+            indices = self.resolve(target, allow_no_indices=False)
+            for idx in indices:
+                blocks = [b for b in active_blocks(idx.settings, INDEX_BLOCKS)
+                          if b.metadata_write]
+                if blocks:
+                    raise block_error(blocks, idx.name)
+            for idx in indices:
                 idx.mapping.merge(body)
         return {"acknowledged": True}
 
-    def get_settings(self, target: str | None) -> dict[str, Any]:
+    def get_settings(self, target: str | None, flat: bool = False) -> dict[str, Any]:
         with self.lock:
-            return {idx.name: {"settings": idx.settings_body(self.major)}
-                    for idx in self.resolve(target)}
-
-    def refresh(self, target: str | None) -> dict[str, Any]:
-        with self.lock:
-            n = len(self.resolve(target))
-        return {"_shards": {"total": n * 2, "successful": n, "failed": 0}}
-
-    def cat_indices(self, target: str | None) -> list[dict[str, Any]]:
-        with self.lock:
-            rows = []
+            out = {}
             for idx in self.resolve(target):
-                size = sum(len(orjson.dumps(d.source)) for d in idx.docs.values())
-                rows.append({
-                    "health": "green", "status": "open", "index": idx.name, "uuid": idx.uuid,
-                    "pri": "1", "rep": str(idx.shards_total - 1),
-                    "docs.count": str(len(idx.docs)),
-                    "docs.deleted": "0", "store.size": f"{size}b", "pri.store.size": f"{size}b",
-                    "dataset.size": f"{size}b",
-                })
-            return rows
+                nested = idx.settings_body(self.major)
+                out[idx.name] = {"settings": _flat_index(nested) if flat else nested}
+            return out
+
+    def put_settings(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
+        if set(body) == {"settings"} and isinstance(body["settings"], dict):
+            body = body["settings"]
+        flat = flatten_settings(body)
+        with self.lock:
+            indices = self.resolve(target, allow_no_indices=False)
+            only_blocks = all(k.startswith("index.blocks.") for k in flat)
+            for idx in indices:
+                check_index_settings_update(flat, idx.name, idx.uuid)
+                blocks = [b for b in active_blocks(idx.settings, INDEX_BLOCKS)
+                          if b.metadata_write]
+                if blocks and not only_blocks:
+                    raise block_error(blocks, idx.name)
+            for key in ("index.refresh_interval", "index.search.idle.after"):
+                if flat.get(key) is not None:
+                    parse_time(flat[key], key)
+            for idx in indices:
+                for key, value in flat.items():
+                    if value is None:
+                        idx.settings.pop(key, None)
+                    else:
+                        idx.settings[key] = value
+        return {"acknowledged": True}
+
+    def set_blocks(self, setting: str, on: bool, target: str = "*") -> None:
+        """Set or clear one ``index.blocks.*`` setting on every index ``target`` names."""
+        with self.lock:
+            for idx in self.resolve(target):
+                if on:
+                    idx.settings[setting] = "true"
+                else:
+                    idx.settings.pop(setting, None)
 
     # ================================================================== index templates
     def put_template(self, name: str, body: dict[str, Any], create: bool = False
@@ -1145,7 +967,11 @@ class Cluster:
             stored: dict[str, Any] = {"index_patterns": list(patterns)}
             tpl_part = dict(body.get("template") or {})
             if "settings" in tpl_part:
-                tpl_part["settings"] = nest_settings(flatten_settings(tpl_part["settings"]))
+                flat = flatten_settings(tpl_part["settings"])
+                for key in ("index.refresh_interval", "index.search.idle.after"):
+                    if flat.get(key) is not None:
+                        parse_time(flat[key], key)
+                tpl_part["settings"] = nest_settings(flat)
             # validate the composed mappings
             probe = {"template": tpl_part, "composed_of": body.get("composed_of") or []}
             _settings, mappings = self._compose(probe)
@@ -1187,51 +1013,6 @@ class Cluster:
                                        f"index template matching [{expr}] not found")
             return {"index_templates": [{"name": n, "index_template": t} for n, t in sel]}
 
-    def template_exists(self, name: str) -> bool:
-        with self.lock:
-            return any(fnmatch.fnmatchcase(n, e) for e in name.split(",") for n in self.templates)
-
-    def delete_template(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            names = [n for n in name.split(",")]
-            for n in names:
-                if n not in self.templates:
-                    raise es_error(404, "index_template_missing_exception",
-                                   f"index_template [{n}] missing")
-                users = [ds.name for ds in self.data_streams.values() if ds.template == n]
-                if users:
-                    raise illegal_argument(
-                        f"unable to remove composable templates [{n}] as they are in use by a "
-                        f"data streams [{', '.join(sorted(users))}]")
-            for n in names:
-                del self.templates[n]
-        return {"acknowledged": True}
-
-    def put_component_template(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        if "template" not in body:
-            raise es_error(400, "x_content_parse_exception",
-                           "[1:2] Required [template]")
-        with self.lock:
-            self.component_templates[name] = dict(body)
-        return {"acknowledged": True}
-
-    def get_component_templates(self, name: str | None) -> dict[str, Any]:
-        with self.lock:
-            sel = [(n, t) for n, t in self.component_templates.items()
-                   if not name or any(fnmatch.fnmatchcase(n, e) for e in name.split(","))]
-            if name and "*" not in name and not sel:
-                raise es_error(404, "resource_not_found_exception",
-                               f"Component template matching [{name}] not found")
-            return {"component_templates": [{"name": n, "component_template": t}
-                                            for n, t in sel]}
-
-    def delete_component_template(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            if name not in self.component_templates:
-                raise es_error(404, "resource_not_found_exception", name)
-            del self.component_templates[name]
-        return {"acknowledged": True}
-
     # ================================================================== data streams
     def put_data_stream(self, name: str) -> dict[str, Any]:
         with self.lock:
@@ -1269,12 +1050,22 @@ class Cluster:
     def _ds_body(self, ds: DataStream) -> dict[str, Any]:
         policy = ds.write_index.settings.get("index.lifecycle.name")
         managed = "Index Lifecycle Management" if policy else "Unmanaged"
+        with_mode = self.major >= 8
+
+        def backing(i: Index) -> dict[str, Any]:
+            entry: dict[str, Any] = {"index_name": i.name, "index_uuid": i.uuid,
+                                     "prefer_ilm": True}
+            if policy:
+                entry["ilm_policy"] = policy
+            entry["managed_by"] = managed
+            if with_mode:
+                entry["index_mode"] = i.mode
+            return entry
+
         out: dict[str, Any] = {
             "name": ds.name,
             "timestamp_field": {"name": "@timestamp"},
-            "indices": [{"index_name": i.name, "index_uuid": i.uuid, "prefer_ilm": True,
-                         **({"ilm_policy": policy} if policy else {}),
-                         "managed_by": managed} for i in ds.indices],
+            "indices": [backing(i) for i in ds.indices],
             "generation": ds.generation,
             "status": "GREEN",
             "template": ds.template,
@@ -1286,36 +1077,11 @@ class Cluster:
             "replicated": False,
             "rollover_on_write": False,
         }
+        if with_mode:
+            out["index_mode"] = ds.write_index.mode
         if policy:
             out["ilm_policy"] = policy
         return out
-
-    def delete_data_stream(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            targets: list[str] = []
-            for expr in name.split(","):
-                if "*" in expr:
-                    targets += [n for n in self.data_streams if fnmatch.fnmatchcase(n, expr)]
-                elif expr in self.data_streams:
-                    targets.append(expr)
-                else:
-                    raise index_not_found(expr)
-            for n in targets:
-                ds = self.data_streams.pop(n)
-                for bi in ds.indices:
-                    self.indices.pop(bi.name, None)
-        return {"acknowledged": True}
-
-    def rollover(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            ds = self.data_streams.get(name)
-            if ds is None:
-                raise illegal_argument(f"rollover target [{name}] does not exist")
-            old = ds.write_index.name
-            new = self._rollover(ds).name
-        return {"acknowledged": True, "shards_acknowledged": True, "old_index": old,
-                "new_index": new, "rolled_over": True, "dry_run": False, "lazy": False,
-                "conditions": {}}
 
     # ================================================================== ILM
     def put_ilm(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -1352,55 +1118,25 @@ class Cluster:
                                              "composable_templates": []}}
             return res
 
-    def delete_ilm(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            if name not in self.ilm:
-                raise es_error(404, "resource_not_found_exception",
-                               f"Lifecycle policy not found: {name}")
-            del self.ilm[name]
-        return {"acknowledged": True}
-
     # ================================================================== test accessors
     def find_docs(self, target: str) -> dict[str, dict[str, Any]]:
+        """``{_id: _source}`` (fresh copies) of the latest versions."""
         with self.lock:
             out: dict[str, dict[str, Any]] = {}
             for idx in self.resolve(target):
-                for doc_id, doc in idx.docs.items():
-                    out[doc_id] = doc.source
+                for doc in idx.live_docs():
+                    out[doc.id] = doc.source
             return out
 
-    def all_indices(self) -> Iterable[Index]:
-        return list(self.indices.values())
+
+def _flat_index(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        if isinstance(v, dict):
+            out.update(_flat_index(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
-def _shards(n: int) -> dict[str, int]:
-    return {"total": n, "successful": n, "skipped": 0, "failed": 0}
-
-
-def _source_param(params: dict[str, str]) -> Any:
-    if "_source" in params:
-        v = params["_source"]
-        if v in ("true", "false"):
-            return v == "true"
-        return v.split(",")
-    inc = params.get("_source_includes")
-    exc = params.get("_source_excludes")
-    if inc or exc:
-        return {"includes": inc.split(",") if inc else [], "excludes":
-                exc.split(",") if exc else []}
-    return None
-
-
-def _q_param(q: str) -> dict[str, Any]:
-    """A tiny subset of query_string: ``*``, ``field:value`` joined by AND."""
-    q = q.strip()
-    if q in ("*", "*:*"):
-        return {"match_all": {}}
-    must = []
-    for part in q.split(" AND "):
-        field, sep, value = part.strip().partition(":")
-        if not sep:
-            raise illegal_argument(f"unsupported q parameter [{q}] (test server supports "
-                                   "field:value [AND field:value])")
-        must.append({"match": {field: value.strip('"')}})
-    return {"bool": {"must": must}}
+__all__ = ["Cluster", "WriteContext", "refresh_mode"]

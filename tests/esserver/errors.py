@@ -55,3 +55,38 @@ def index_not_found(name: str) -> ESError:
 
 def illegal_argument(reason: str, status: int = 400) -> ESError:
     return es_error(status, "illegal_argument_exception", reason)
+
+
+def auto_create_refused(index: str, why: str) -> ESError:
+    """``IndexNotFoundException(why, index)`` of ``AutoCreateIndex``."""
+    return ESError(404, {"type": "index_not_found_exception",
+                         "reason": f"no such index [{index}] and {why}",
+                         "index_uuid": "_na_", "index": index})
+
+
+def template_forbids_auto_create(patterns: list[str]) -> ESError:
+    """``IndexNotFoundException("composable template [..] forbids index auto creation")``: ES
+    passes the message where the index name goes, so it reads ``no such index [...]``."""
+    what = f"composable template [{', '.join(patterns)}] forbids index auto creation"
+    return ESError(404, {"type": "index_not_found_exception", "reason": f"no such index [{what}]",
+                         "index_uuid": "_na_", "index": what})
+
+
+def circuit_breaking(durability: str = "TRANSIENT", wanted: int = 1_073_741_900,
+                     limit: int = 1_020_054_732) -> dict[str, Any]:
+    """The parent breaker tripping on a request (``[<http_request>]``)."""
+    return {"type": "circuit_breaking_exception",
+            "reason": f"[parent] Data too large, data for [<http_request>] would be "
+            f"[{wanted}/{_human_bytes(wanted)}], which is larger than the limit of "
+            f"[{limit}/{_human_bytes(limit)}], real usage: [{wanted - 1024}/"
+            f"{_human_bytes(wanted - 1024)}], new bytes reserved: [1024/1kb], usages "
+            "[model_inference=0/0b, inflight_requests=1024/1kb, request=0/0b, "
+            "fielddata=0/0b, eql_sequence=0/0b]",
+            "bytes_wanted": wanted, "bytes_limit": limit, "durability": durability}
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}b"

@@ -11,6 +11,10 @@ A :class:`FaultPlan` holds an ordered list of :class:`Fault` objects.  For every
 
 ``requests`` is how many requests a fault triggers on before it expires (``None`` = until
 removed).  Probabilistic faults use their own ``random.Random(seed)``.
+
+``error_type`` picks the Elasticsearch error an item or request fault answers with (see
+:data:`ERROR_STATUS`); without it the status decides (429 ``es_rejected_execution_exception``,
+503 ``unavailable_shards_exception`` per item, 403 ``security_exception``, ...).
 """
 
 from __future__ import annotations
@@ -21,7 +25,27 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .docvalues import get_values
+from .errors import circuit_breaking
+from .mapping import java_str
+from .security import challenges
+from .settings import CLUSTER_BLOCKS, INDEX_BLOCKS, block_error
+
 REQUEST_KINDS = frozenset({"status", "delay", "reset", "down"})
+# The status each injectable error type comes with when the fault names no status.
+ERROR_STATUS = {
+    "es_rejected_execution_exception": 429,
+    "cluster_block_exception": 429,  # flood-stage watermark; 403: a write block
+    "circuit_breaking_exception": 429,
+    "security_exception": 403,
+    "index_not_found_exception": 404,
+    "index_closed_exception": 400,
+    "unavailable_shards_exception": 503,
+    "version_conflict_engine_exception": 409,
+    "document_parsing_exception": 400,
+    "mapper_parsing_exception": 400,
+    "illegal_argument_exception": 400,
+}
 ITEM_KINDS = frozenset({"items", "mapping"})
 KINDS = REQUEST_KINDS | ITEM_KINDS
 
@@ -51,6 +75,8 @@ class Fault:
     # status
     status: int = 429
     body: Any = None
+    error_type: str | None = None
+    durability: str = "TRANSIENT"  # circuit_breaking_exception
     # delay
     seconds: float = 0.0
     # reset: "before" (request not applied) or "after" (applied, no response)
@@ -95,13 +121,14 @@ class Fault:
             "active": self.active,
         }
         if self.kind == "status":
-            d["status"] = self.status
+            d.update(status=self.status, type=self.error_type)
         elif self.kind in ("delay", "down"):
             d["seconds"] = self.seconds
         elif self.kind == "reset":
             d["when"] = self.when
         else:
-            d.update(status=self.status, every=self.every, fraction=self.fraction,
+            d.update(status=self.status, type=self.error_type, every=self.every,
+                     fraction=self.fraction,
                      positions=sorted(self.positions) if self.positions is not None else None,
                      field=self.match_field, value=self.match_value,
                      predicate=self.predicate is not None)
@@ -129,7 +156,6 @@ class Fault:
         if hit and self.fraction is not None:
             hit = self._rng.random() < self.fraction
         if hit and self.match_field is not None:
-            from .query import get_values
 
             vals = get_values(item.source, self.match_field) if item.source else []
             hit = (self.match_value in vals) if self.match_value is not None else bool(vals)
@@ -190,7 +216,8 @@ class FaultPlan:
 def fault_from_json(spec: dict[str, Any]) -> Fault:
     """Build a fault from the admin API JSON (no Python predicates there)."""
     known = {"kind", "requests", "skip", "probability", "seed", "endpoints", "status", "body",
-             "seconds", "when", "every", "fraction", "positions", "field", "value", "reason"}
+             "seconds", "when", "every", "fraction", "positions", "field", "value", "reason",
+             "type", "durability"}
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"unknown fault parameters {sorted(unknown)}")
@@ -201,6 +228,13 @@ def fault_from_json(spec: dict[str, Any]) -> Fault:
     if isinstance(endpoints, str):
         endpoints = [endpoints]
     positions = spec.get("positions")
+    error_type = spec.get("type")
+    if "status" in spec:
+        status = int(spec["status"])
+    elif kind == "mapping":
+        status = 400
+    else:
+        status = ERROR_STATUS.get(error_type or "", 429)
     return Fault(
         kind=kind,
         requests=spec.get("requests", 1),
@@ -208,8 +242,10 @@ def fault_from_json(spec: dict[str, Any]) -> Fault:
         probability=spec.get("probability"),
         seed=spec.get("seed"),
         endpoints=frozenset(endpoints),
-        status=int(spec.get("status", 400 if kind == "mapping" else 429)),
+        status=status,
         body=spec.get("body"),
+        error_type=error_type,
+        durability=str(spec.get("durability", "TRANSIENT")),
         seconds=float(spec.get("seconds", 0.0)),
         when=spec.get("when", "before"),
         every=spec.get("every"),
@@ -219,3 +255,121 @@ def fault_from_json(spec: dict[str, Any]) -> Fault:
         match_value=spec.get("value"),
         reason=spec.get("reason"),
     )
+
+
+# ============================================================================ injected errors
+_REJECTED = ("rejected execution of {op} operation [coordinating_and_primary_bytes=104857600, "
+             "replica_bytes=0, all_bytes=104857600, {op}_operation_bytes={size}, "
+             "max_coordinating_and_primary_bytes=107374182]")
+_OUTCOMES = {
+    "es_rejected_execution_exception": "rejected",
+    "unavailable_shards_exception": "unavailable",
+    "version_conflict_engine_exception": "conflict",
+    "document_parsing_exception": "mapping_error",
+    "mapper_parsing_exception": "mapping_error",
+    "cluster_block_exception": "blocked",
+    "circuit_breaking_exception": "circuit_breaking",
+    "security_exception": "forbidden",
+    "index_not_found_exception": "index_not_found",
+    "index_closed_exception": "index_closed",
+}
+
+
+def default_error_type(status: int) -> str:
+    return {429: "es_rejected_execution_exception", 503: "unavailable_shards_exception",
+            409: "version_conflict_engine_exception", 403: "security_exception",
+            404: "index_not_found_exception"}.get(
+        status, "exception" if status >= 500 else "illegal_argument_exception")
+
+
+def outcome_of(error_type: str) -> str:
+    """The ``bulk.items.<outcome>`` counter of an item error."""
+    return _OUTCOMES.get(error_type, "error")
+
+
+def item_error(fault: Fault, index: str, doc_id: str | None, source: Any,
+               parsing_type: str) -> tuple[int, dict[str, Any]]:
+    """(status, error object) of a bulk item a fault selected."""
+
+    status = fault.status
+    kind = parsing_type if fault.kind == "mapping" else (
+        fault.error_type or default_error_type(status))
+    if kind in ("document_parsing_exception", "mapper_parsing_exception"):
+        field = fault.match_field
+        if fault.reason:
+            reason = fault.reason
+        elif field:
+            vals = get_values(source, field) if isinstance(source, dict) else []
+            preview = java_str(vals[0]) if vals else ""
+            reason = (f"[1:1] failed to parse field [{field}] of type [keyword] in document "
+                      f"with id '{doc_id}'. Preview of field's value: '{preview}'")
+        else:
+            reason = "[1:1] failed to parse"
+        return status, {"type": kind, "reason": reason,
+                        "caused_by": {"type": "illegal_argument_exception",
+                                      "reason": "injected mapping error"}}
+    if kind == "cluster_block_exception":
+        blocks = [b for b in INDEX_BLOCKS if b.status == status] or [INDEX_BLOCKS[1]]
+        return status, block_error(blocks[-1:], index).err
+    if kind == "circuit_breaking_exception":
+        err = circuit_breaking(fault.durability)
+        if fault.reason:
+            err["reason"] = fault.reason
+        return status, err
+    if kind == "security_exception":
+        return status, {"type": kind, "reason": fault.reason or (
+            "action [indices:data/write/bulk[s]] is unauthorized for user [collector] with "
+            f"effective roles [writer] on indices [{index}], this action is granted by the "
+            "index privileges [create_doc,create,delete,index,write,all]")}
+    if kind == "index_not_found_exception":
+        return status, {"type": kind, "reason": fault.reason or (
+            f"no such index [{index}] and [action.auto_create_index] is [false]"),
+            "index_uuid": "_na_", "index": index}
+    if kind == "index_closed_exception":
+        return status, {"type": kind, "reason": fault.reason or "closed",
+                        "index_uuid": "_na_", "index": index}
+    if kind == "es_rejected_execution_exception":
+        return status, {"type": kind,
+                        "reason": fault.reason or _REJECTED.format(op="primary", size=2048)}
+    if kind == "unavailable_shards_exception":
+        return status, {"type": kind, "reason": fault.reason or (
+            f"[{index}][0] primary shard is not active Timeout: [1m], request: "
+            f"[BulkShardRequest [[{index}][0]] containing [1] requests]")}
+    if kind == "version_conflict_engine_exception":
+        return status, {"type": kind, "reason": fault.reason or (
+            f"[{doc_id}]: version conflict, document already exists (current version [1])"),
+            "index_uuid": "_na_", "shard": "0", "index": index}
+    return status, {"type": kind, "reason": fault.reason or
+                    f"injected item failure with status [{status}]"}
+
+
+def request_error(fault: Fault, major: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """(error object, extra headers) of a whole-request status fault."""
+
+    status = fault.status
+    kind = fault.error_type or {
+        429: "es_rejected_execution_exception", 503: "cluster_block_exception",
+        401: "security_exception", 403: "security_exception",
+    }.get(status, "exception" if status >= 500 else "illegal_argument_exception")
+    if kind == "es_rejected_execution_exception":
+        return {"type": kind, "reason": fault.reason or _REJECTED.format(
+            op="coordinating", size=1048576)}, []
+    if kind == "circuit_breaking_exception":
+        return circuit_breaking(fault.durability), []
+    if kind == "cluster_block_exception":
+        if status == 503:
+            return {"type": kind, "reason": "blocked by: [SERVICE_UNAVAILABLE/2/no master];"}, []
+        block = INDEX_BLOCKS[2] if status == 429 else CLUSTER_BLOCKS[0]
+        return block_error([block], None).err, []
+    if kind == "security_exception" and status == 401:
+        err = {"type": kind, "reason": fault.reason or
+               "missing authentication credentials for REST request [/_bulk]",
+               "header": {"WWW-Authenticate": challenges(major)}}
+        return err, [("WWW-Authenticate", c) for c in challenges(major)]
+    if kind == "security_exception":
+        return {"type": kind, "reason": fault.reason or (
+            "action [indices:data/write/bulk] is unauthorized for user [collector] with "
+            "effective roles [writer], this action is granted by the cluster privileges "
+            "[all]")}, []
+    return {"type": kind, "reason": fault.reason or
+            f"injected failure with status [{status}]"}, []

@@ -86,6 +86,33 @@ def parse_iso_millis(value: str) -> int | None:
     return millis
 
 
+@lru_cache(maxsize=4096)
+def _day_seconds(date: str) -> int | None:
+    millis = parse_iso_millis(date)
+    return None if millis is None else millis // 1000
+
+
+def fast_iso_nanos(value: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`` (what shippers send) without a regex."""
+    if len(value) < 20 or value[-1] != "Z" or value[10] != "T" or value[13] != ":" \
+            or value[16] != ":":
+        return None
+    if value[19] == "." and 21 < len(value) <= 30 and value[20:-1].isdigit():
+        frac = value[20:-1]
+    elif len(value) == 20:
+        frac = ""
+    else:
+        return None
+    hh, mm, ss = value[11:13], value[14:16], value[17:19]
+    if not (hh.isdigit() and mm.isdigit() and ss.isdigit()):
+        return None
+    h, m, sec = int(hh), int(mm), int(ss)
+    day = _day_seconds(value[:10])
+    if day is None or h > 23 or m > 59 or sec > 59:
+        return None
+    return (day + h * 3600 + m * 60 + sec) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
 def to_millis(value: Any) -> int | None:
     """Convert a date value (ISO string, epoch millis number or numeric string) to millis."""
     t = type(value)
@@ -189,6 +216,8 @@ def _check_date(value: Any) -> _Check:
     t = type(value)
     if t is int or t is float:
         return None
+    if t is str and fast_iso_nanos(value) is not None:
+        return None
     if t is str:
         if _INT_STR_RE.fullmatch(value) or parse_iso_millis(value) is not None:
             return None
@@ -218,7 +247,7 @@ def _check_none(value: Any) -> _Check:
     return None
 
 
-def _kind_of(type_: str) -> str:
+def kind_of(type_: str) -> str:
     if type_ in KEYWORD_TYPES:
         return "keyword"
     if type_ in TEXT_TYPES:
@@ -267,7 +296,7 @@ class FieldMapper:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
         self.type: str = params.get("type", "object")
-        self.kind = _kind_of(self.type)
+        self.kind = kind_of(self.type)
         ia = params.get("ignore_above")
         self.ignore_above: int | None = int(ia) if ia is not None else None
         self.fields: dict[str, FieldMapper] = {

@@ -13,6 +13,7 @@ Fixtures:
   ``request_timeout=10``) so injected faults surface directly.
 * ``es_server_process`` - a standalone ``python -m tests.esserver`` subprocess; yields an
   :class:`ServerProcess` with ``.url``, ``.admin`` (HTTP admin API client) and ``.proc``.
+* ``kibana_server`` - a fresh :class:`KibanaTestServer` (default space only) per test.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import orjson
 import pytest
 
+from .kibana import KibanaTestServer
 from .server import ESTestServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,10 +87,12 @@ class ServerProcess:
     """A standalone server subprocess (``python -m tests.esserver``)."""
 
     def __init__(self, workdir: Path, host: str = "127.0.0.1", major: int = 8,
-                 extra_args: list[str] | None = None, startup_timeout: float = 15.0) -> None:
+                 extra_args: list[str] | None = None, startup_timeout: float = 15.0,
+                 module: str = "tests.esserver") -> None:
         port_file = workdir / f"esserver-{os.getpid()}-{time.monotonic_ns()}.port"
-        cmd = [sys.executable, "-m", "tests.esserver", "--host", host, "--port", "0",
-               "--major", str(major), "--port-file", str(port_file), *(extra_args or [])]
+        version = ["--major", str(major)] if module == "tests.esserver" else []
+        cmd = [sys.executable, "-m", module, "--host", host, "--port", "0", *version,
+               "--port-file", str(port_file), *(extra_args or [])]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -152,3 +156,9 @@ def es_server_process(tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def kibana_server() -> Iterator[KibanaTestServer]:
+    with KibanaTestServer() as srv:
+        yield srv

@@ -1,58 +1,48 @@
-"""HTTP front end: an Elasticsearch-API test server with fault injection.
+"""The Elasticsearch-API test server: HTTP front end, fault injection, Python accessors.
 
-``ESTestServer`` runs a ``ThreadingHTTPServer`` (one thread per connection, HTTP/1.1
-keep-alive) in a background thread.  See ``tests/esserver/__init__.py`` for an overview.
+``ESTestServer`` answers the routes of :mod:`.api` (see ``tests/esserver/__init__.py`` for an
+overview) and the ``/_test/...`` admin API.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import errno
 import fnmatch
 import gc
-import gzip
-import http
-import socket
-import struct
 import sys
-import threading
 import time
 import traceback
 import zlib
-from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from .api import Call, ElasticsearchApi
 from .cluster import Cluster
-from .errors import ESError, error_body, es_error
-from .faults import BulkItem, Fault, FaultPlan, fault_from_json
+from .errors import ESError, error_body
+from .faults import ERROR_STATUS, BulkItem, Fault, FaultPlan, fault_from_json, request_error
+from .httpcore import (
+    REASONS,
+    BaseTestServer,
+    Exchange,
+    Request,
+    RequestRecord,
+    Response,
+    Route,
+    Router,
+    json_response,
+    route_table,
+)
+from .security import Security
 
-_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _JSON_TYPES = frozenset({"application/json", "application/x-ndjson",
                          "application/vnd.elasticsearch+json",
                          "application/vnd.elasticsearch+x-ndjson"})
+PRODUCT_HEADER = ("X-elastic-product", "Elasticsearch")
+DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024  # http.max_content_length
 
-
-@dataclass
-class RequestRecord:
-    """One entry of :attr:`ESTestServer.request_log`."""
-
-    time: float
-    method: str
-    path: str
-    endpoint: str
-    status: int | None  # None: no response was sent (reset / down)
-    bytes_in: int
-    fault: str | None
-    items: int = 0
-    content_encoding: str | None = None
+__all__ = ["ESTestServer", "RequestRecord"]
 
 
 # ============================================================================ media types
@@ -162,474 +152,29 @@ def apply_filter_path(obj: Any, spec: str) -> Any:
     return {} if r is _NOTHING else r
 
 
-def endpoint_of(segs: list[str]) -> str:
-    if not segs:
-        return "info"
-    s0 = segs[0]
-    tail = segs[1] if len(segs) > 1 else ""
-    named = {"_bulk": "bulk", "_search": "search", "_count": "count", "_refresh": "refresh",
-             "_index_template": "index_template", "_component_template": "component_template",
-             "_data_stream": "data_stream", "_ilm": "ilm", "_cluster": "cluster", "_cat": "cat",
-             "_mapping": "mapping", "_settings": "settings", "_nodes": "nodes",
-             "_license": "license"}
-    if s0 in named:
-        return named[s0]
-    per_index = {"_bulk": "bulk", "_search": "search", "_count": "count",
-                 "_refresh": "refresh", "_doc": "doc", "_create": "doc", "_update": "update",
-                 "_mapping": "mapping", "_settings": "settings", "_rollover": "rollover",
-                 "_delete_by_query": "delete_by_query"}
-    if tail:
-        return per_index.get(tail, "other")
-    return "index"
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate request bodies, at most ``limit + 1`` bytes of them (so a body over the
+    limit is detected without inflating all of it); ValueError when they do not decompress."""
+    try:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding
+                                      else zlib.MAX_WBITS)
+        out = inflater.decompress(body, limit + 1)
+        if len(out) <= limit and not inflater.eof:
+            raise ValueError("truncated compressed body")
+        return out
+    except zlib.error as e:
+        raise ValueError(str(e)) from None
 
 
-# ============================================================================ HTTP plumbing
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = 128
-
-    def __init__(self, addr: tuple[str, int], es: ESTestServer) -> None:
-        self.es = es
-        super().__init__(addr, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, OSError, ValueError)):
-            return
-        super().handle_error(request, client_address)
+def _raw_error(status: int, message: str) -> ESError:
+    """Errors rendered as ``{"error": "<message>", "status": N}`` (routing failures)."""
+    return _HandlerError(status, {"error": message, "status": status})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.es._track(self.connection, True)
-
-    def finish(self) -> None:
-        self.server.es._track(self.connection, False)
-        with contextlib.suppress(OSError, ValueError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_HEAD(self) -> None:
-        self._handle("HEAD")
-
-    # ------------------------------------------------------------------ io helpers
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                line = self.rfile.readline(65537)
-                size = int(line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-            return b"".join(chunks)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
-
-    def _send(self, status: int, payload: Any, *, ctype: str = "application/json",
-              product: bool = True, head: bool = False, extra: dict[str, str] | None = None
-              ) -> None:
-        if isinstance(payload, bytes):
-            data = payload
-        elif payload is None:
-            data = b""
-        else:
-            data = orjson.dumps(payload)
-        headers = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-        if product:
-            headers.append("X-elastic-product: Elasticsearch")
-        if data or head:
-            headers.append(f"content-type: {ctype}")
-        accept_enc = (self.headers.get("Accept-Encoding") or "").lower()
-        if (data and not head and self.server.es.gzip_responses and "gzip" in accept_enc
-                and len(data) >= 1024):
-            data = gzip.compress(data, compresslevel=1)
-            headers.append("content-encoding: gzip")
-        for k, v in (extra or {}).items():
-            headers.append(f"{k}: {v}")
-        headers.append(f"content-length: {len(data)}")
-        if self.close_connection:
-            headers.append("connection: close")
-        blob = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
-        if not head:
-            blob += data
-        self._status = status
-        self._finalize()
-        try:
-            self.wfile.write(blob)
-        except OSError:
-            self.close_connection = True
-
-    def _finalize(self) -> None:
-        """Account for the request (before the client can observe the outcome)."""
-        record = getattr(self, "_record", None)
-        if record is None:
-            return
-        self._record = None
-        es = self.server.es
-        record.status = self._status
-        if self._status is not None:
-            es._count(f"responses.{self._status}")
-        es._log(record)
-
-    def _rst(self) -> None:
-        """Abort the connection with a TCP RST and no response."""
-        self._finalize()
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
-        self.server.es._track(self.connection, False)
-        with contextlib.suppress(OSError):
-            self.rfile.close()
-        with contextlib.suppress(OSError):
-            self.connection.close()
-
-    # ------------------------------------------------------------------ request
-    def _handle(self, method: str) -> None:
-        es = self.server.es
-        self._status: int | None = None
-        self._record = None
-        try:
-            body = self._read_body()
-        except (OSError, ValueError):
-            self.close_connection = True
-            return
-        url = urlsplit(self.path)
-        segs = [unquote(s) for s in url.path.split("/") if s]
-        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        if segs and segs[0] == "_test":
-            self._admin(method, segs[1:], params, body)
-            return
-        endpoint = endpoint_of(segs)
-        record = RequestRecord(time.time(), method, self.path, endpoint, None, len(body), None,
-                               content_encoding=self.headers.get("Content-Encoding"))
-        es._count("requests", f"requests.{endpoint}")
-        self._record: RequestRecord | None = record
-        try:
-            self._process(method, segs, params, body, endpoint, record)
-        finally:
-            self._finalize()
-
-    def _process(self, method: str, segs: list[str], params: dict[str, str], body: bytes,
-                 endpoint: str, record: RequestRecord) -> None:
-        es = self.server.es
-        head = method == "HEAD"
-        enc = (self.headers.get("Content-Encoding") or "").lower()
-        if body and enc in ("gzip", "x-gzip", "deflate"):
-            try:
-                body = gzip.decompress(body) if "gzip" in enc else zlib.decompress(body)
-            except (OSError, zlib.error, EOFError):
-                self._send(400, error_body(400, {"type": "illegal_argument_exception",
-                                                 "reason": "failed to decompress request body"}))
-                return
-        ctype = self.headers.get("Content-Type")
-        accept = self.headers.get("Accept")
-        try:
-            compat = check_media(accept, ctype, bool(body), es.major)
-        except ESError as e:
-            if e.status == 406:
-                self._send(406, {"error": f"Content-Type header [{ctype or ''}] is not "
-                                          "supported", "status": 406})
-            else:
-                self._send(e.status, e.body())
-            return
-        resp_type = (f"application/vnd.elasticsearch+json;compatible-with={compat}"
-                     if compat is not None else "application/json")
-
-        fault = es.faults.take_request_fault(endpoint)
-        if fault is not None:
-            record.fault = fault.kind
-            es._count(f"faults.{fault.kind}")
-            if fault.kind == "status":
-                self._send_fault_status(fault, resp_type)
-                return
-            if fault.kind == "reset" and fault.when == "before":
-                es._count("faults.reset.before")
-                self._rst()
-                return
-            if fault.kind == "down":
-                es._up_event.clear()  # is_down/wait_until_up see it before the client does
-                self._rst()
-                es.go_down(fault.seconds if fault.seconds > 0 else None)
-                return
-        item_faults = es.faults.take_item_faults(endpoint) if endpoint == "bulk" else []
-        for f in item_faults:
-            es._count(f"faults.{f.kind}")
-        try:
-            status, payload = self._dispatch(method, segs, params, body, item_faults, record)
-        except ESError as e:
-            status, payload = e.status, e.body()
-        except orjson.JSONDecodeError as e:
-            status, payload = 400, error_body(400, {
-                "type": "x_content_parse_exception", "reason": f"[1:1] {e}"})
-        except Exception as e:  # pragma: no cover - server bug, surface it loudly
-            traceback.print_exc(file=sys.stderr)
-            status, payload = 500, error_body(500, {"type": "exception", "reason": repr(e)})
-        if isinstance(payload, dict) and params.get("filter_path"):
-            payload = apply_filter_path(payload, params["filter_path"])
-        if fault is not None and fault.kind == "reset" and fault.when == "after":
-            es._count("faults.reset.after")
-            self._rst()
-            return
-        if fault is not None and fault.kind == "delay":
-            time.sleep(fault.seconds)
-        if isinstance(payload, str):
-            self._send(status, payload.encode(), ctype="text/plain; charset=UTF-8", head=head)
-        else:
-            self._send(status, payload, ctype=resp_type, head=head)
-
-    def _send_fault_status(self, fault: Fault, resp_type: str) -> None:
-        status = fault.status
-        if fault.body is not None:
-            body = fault.body
-            if isinstance(body, str):
-                self._send(status, body.encode(), ctype="text/plain; charset=UTF-8",
-                           product=False)
-            else:
-                self._send(status, body, ctype=resp_type, product=status < 500)
-            return
-        if status == 429:
-            err = {"type": "es_rejected_execution_exception",
-                   "reason": "rejected execution of coordinating operation "
-                   "[coordinating_and_primary_bytes=104857600, replica_bytes=0, "
-                   "all_bytes=104857600, coordinating_operation_bytes=1048576, "
-                   "max_coordinating_and_primary_bytes=107374182]"}
-            self._send(429, error_body(429, err), ctype=resp_type)
-        elif status == 503:
-            err = {"type": "cluster_block_exception",
-                   "reason": "blocked by: [SERVICE_UNAVAILABLE/2/no master];"}
-            self._send(503, error_body(503, err), ctype=resp_type)
-        elif status in (502, 504):
-            # these come from a proxy / load balancer in front of Elasticsearch
-            phrase = _REASONS[status]
-            html = (f"<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
-                    f"<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx</center>"
-                    "\r\n</body>\r\n</html>\r\n")
-            self._send(status, html.encode(), ctype="text/html", product=False)
-        else:
-            err = {"type": "exception" if status >= 500 else "illegal_argument_exception",
-                   "reason": f"injected failure with status [{status}]"}
-            self._send(status, error_body(status, err), ctype=resp_type)
-
-    # ------------------------------------------------------------------ routing
-    def _dispatch(self, method: str, segs: list[str], params: dict[str, str], body: bytes,
-                  item_faults: list[Fault], record: RequestRecord) -> tuple[int, Any]:
-        es = self.server.es
-        c = es.cluster
-        n = len(segs)
-
-        def jbody() -> dict[str, Any]:
-            if not body:
-                return {}
-            obj = orjson.loads(body)
-            if not isinstance(obj, dict):
-                raise es_error(400, "parsing_exception", "request body must be an object")
-            return obj
-
-        def need_body() -> dict[str, Any]:
-            if not body:
-                raise es_error(400, "parse_exception", "request body is required")
-            return jbody()
-
-        def bad_method(allowed: str) -> ESError:
-            return _HandlerError(405, {
-                "error": f"Incorrect HTTP method for uri [{self.path}] and method [{method}], "
-                f"allowed: [{allowed}]", "status": 405})
-
-        refresh = params.get("refresh", "false") in ("", "true", "wait_for")
-        if n == 0:
-            if method in ("GET", "HEAD"):
-                return 200, c.info()
-            raise bad_method("HEAD, GET")
-        s0 = segs[0]
-        # ---------------------------------------------------------------- bulk
-        if segs[-1] == "_bulk" and n <= 2:
-            if method not in ("POST", "PUT"):
-                raise bad_method("POST, PUT")
-            counts: Counter[str] = Counter()
-            resp = c.bulk(body, segs[0] if n == 2 else None, refresh, item_faults, counts,
-                          params.get("require_data_stream") == "true")
-            record.items = len(resp["items"])
-            es._merge_counts(counts)
-            es._count("bulk.requests.applied")
-            if es.gc_freeze:
-                gc.freeze()
-            return 200, resp
-        # ---------------------------------------------------------------- search / count
-        if segs[-1] in ("_search", "_count") and n <= 2:
-            if method not in ("GET", "POST"):
-                raise bad_method("GET, POST")
-            target = segs[0] if n == 2 else None
-            return 200, c.search(target, jbody(), params, count_only=segs[-1] == "_count")
-        if segs[-1] == "_refresh" and n <= 2:
-            return 200, c.refresh(segs[0] if n == 2 else None)
-        if s0 == "_cluster" and n >= 2 and segs[1] == "health":
-            return 200, c.health(segs[2] if n > 2 else None)
-        if s0 == "_index_template":
-            name = segs[1] if n > 1 else None
-            if method == "PUT" or (method == "POST" and name):
-                assert name is not None
-                return 200, c.put_template(name, need_body(), params.get("create") == "true")
-            if method == "GET":
-                return 200, c.get_templates(name)
-            if method == "HEAD":
-                return (200 if name and c.template_exists(name) else 404), None
-            if method == "DELETE" and name:
-                return 200, c.delete_template(name)
-            raise bad_method("GET, HEAD, PUT, POST, DELETE")
-        if s0 == "_component_template":
-            name = segs[1] if n > 1 else None
-            if method in ("PUT", "POST") and name:
-                return 200, c.put_component_template(name, need_body())
-            if method == "GET":
-                return 200, c.get_component_templates(name)
-            if method == "HEAD":
-                ok = bool(name) and name in c.component_templates
-                return (200 if ok else 404), None
-            if method == "DELETE" and name:
-                return 200, c.delete_component_template(name)
-            raise bad_method("GET, HEAD, PUT, POST, DELETE")
-        if s0 == "_data_stream":
-            name = segs[1] if n > 1 else None
-            if method == "PUT" and name:
-                return 200, c.put_data_stream(name)
-            if method == "GET":
-                return 200, c.get_data_streams(name)
-            if method == "DELETE" and name:
-                return 200, c.delete_data_stream(name)
-            raise bad_method("GET, PUT, DELETE")
-        if s0 == "_ilm" and n >= 2 and segs[1] == "policy":
-            name = segs[2] if n > 2 else None
-            if method == "PUT" and name:
-                return 200, c.put_ilm(name, need_body())
-            if method == "GET":
-                return 200, c.get_ilm(name)
-            if method == "DELETE" and name:
-                return 200, c.delete_ilm(name)
-            raise bad_method("GET, PUT, DELETE")
-        if s0 == "_mapping" and method == "GET":
-            return 200, c.get_mapping(None)
-        if s0 == "_settings" and method == "GET":
-            return 200, c.get_settings(None)
-        if s0 == "_cat" and n >= 2 and segs[1] == "indices":
-            rows = c.cat_indices(segs[2] if n > 2 else None)
-            if params.get("format") == "json":
-                return 200, rows
-            lines = [f"{r['health']} {r['status']} {r['index']} {r['uuid']} {r['pri']} "
-                     f"{r['rep']} {r['docs.count']} {r['docs.deleted']} {r['store.size']} "
-                     f"{r['pri.store.size']} {r['dataset.size']}" for r in rows]
-            return 200, "".join(line + "\n" for line in lines)
-        if s0.startswith("_"):
-            raise _HandlerError(400, {
-                "error": f"no handler found for uri [{self.path}] and method [{method}]"})
-        # ---------------------------------------------------------------- /{index}/...
-        target = s0
-        if n == 1:
-            if method == "PUT":
-                return 200, c.create_index(target, jbody())
-            if method == "DELETE":
-                return 200, c.delete_index(target)
-            if method == "GET":
-                return 200, c.get_index(target)
-            if method == "HEAD":
-                return (200 if c.index_exists(target) else 404), None
-            raise bad_method("GET, HEAD, PUT, DELETE")
-        op = segs[1]
-        if op == "_mapping":
-            if method == "GET":
-                return 200, c.get_mapping(target)
-            if method in ("PUT", "POST"):
-                return 200, c.put_mapping(target, need_body())
-            raise bad_method("GET, PUT, POST")
-        if op == "_settings" and method == "GET":
-            return 200, c.get_settings(target)
-        if op == "_rollover" and method == "POST":
-            return 200, c.rollover(target)
-        if op == "_delete_by_query" and method == "POST":
-            return 200, c.delete_by_query(target, need_body())
-        if op in ("_doc", "_create", "_update") and n <= 3:
-            doc_id = segs[2] if n == 3 else None
-            if op == "_update":
-                if method != "POST" or doc_id is None:
-                    raise bad_method("POST")
-                return c.write_one("update", target, doc_id, body, refresh, params)
-            if op == "_create":
-                if method not in ("PUT", "POST") or doc_id is None:
-                    raise bad_method("PUT, POST")
-                return c.write_one("create", target, doc_id, body, refresh, params)
-            if method in ("GET", "HEAD") and doc_id is not None:
-                status, doc = c.get_doc(target, doc_id, _source_arg(params))
-                return status, (None if method == "HEAD" else doc)
-            if method == "DELETE" and doc_id is not None:
-                return c.write_one("delete", target, doc_id, b"", refresh, params)
-            if method in ("PUT", "POST"):
-                if method == "PUT" and doc_id is None:
-                    raise bad_method("POST")
-                return c.write_one("index", target, doc_id, body, refresh, params)
-            raise bad_method("GET, HEAD, PUT, POST, DELETE")
-        raise _HandlerError(400, {
-            "error": f"no handler found for uri [{self.path}] and method [{method}]"})
-
-    # ------------------------------------------------------------------ admin API
-    def _admin(self, method: str, segs: list[str], params: dict[str, str], body: bytes) -> None:
-        es = self.server.es
-        try:
-            data = orjson.loads(body) if body else {}
-            res = es._admin(method, segs, params, data)
-        except (ValueError, TypeError, KeyError) as e:
-            self._send(400, {"error": str(e)})
-            return
-        except LookupError as e:
-            self._send(404, {"error": str(e)})
-            return
-        status, payload, after = res
-        if after is not None:
-            self.close_connection = True
-        self._send(status, payload)
-        if after is not None:
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_WR)
-            after()
-
-
-def _source_arg(params: dict[str, str]) -> Any:
-    if "_source" in params:
-        v = params["_source"]
-        return v == "true" if v in ("true", "false") else v.split(",")
-    if "_source_includes" in params or "_source_excludes" in params:
-        return {"includes": [s for s in params.get("_source_includes", "").split(",") if s],
-                "excludes": [s for s in params.get("_source_excludes", "").split(",") if s]}
-    return True
+def _too_large() -> Response:
+    """What the HTTP layer answers a body over ``http.max_content_length`` with: an empty
+    413, and the connection closed (``Netty4HttpContentSizeHandler``)."""
+    return Response(413, b"", None, close=True)
 
 
 class _HandlerError(ESError):
@@ -644,178 +189,176 @@ class _HandlerError(ESError):
 
 
 # ============================================================================ public server
-class ESTestServer:
+class ESTestServer(BaseTestServer):
     """An in-process Elasticsearch-API server for tests (see package docstring)."""
+
+    name = "esserver"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, major: int = 8, *,
                  version: str | None = None, cluster_name: str = "es-test-cluster",
                  gzip_responses: bool = True, request_log_size: int = 2000,
-                 gc_freeze: bool = False) -> None:
-        self.host = host
-        self.port = port
+                 gc_freeze: bool = False,
+                 max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> None:
+        super().__init__(host, port, gzip_responses=gzip_responses,
+                         request_log_size=request_log_size, max_body_bytes=max_content_length)
         self.major = major
         self.cluster = Cluster(major, version=version, cluster_name=cluster_name)
         self.faults = FaultPlan()
-        self.gzip_responses = gzip_responses
+        self.security = Security(major)
         # gc.freeze() after every bulk: stored documents are long-lived, and without it the
         # cyclic GC rescans them over and over (halves ingest throughput at ~100k docs).
         self.gc_freeze = gc_freeze
-        self.request_log: deque[RequestRecord] = deque(maxlen=request_log_size)
-        self._counters: Counter[str] = Counter()
-        self._counter_lock = threading.Lock()
-        self._life_lock = threading.RLock()
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._timer: threading.Timer | None = None
-        self._running = False
-        self._down = False
-        self._up_event = threading.Event()
+        self.api = ElasticsearchApi(self)
+        self.admin_router = Router(self._admin_routes())
 
-    # ------------------------------------------------------------------ lifecycle
     @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    def max_content_length(self) -> int:
+        """``http.max_content_length``: larger bodies (after decompression) get a 413."""
+        return self.max_body_bytes
 
-    def start(self) -> ESTestServer:
-        with self._life_lock:
-            if self._running:
-                return self
-            self._serve()
-            self._running = True
-        return self
+    @max_content_length.setter
+    def max_content_length(self, value: int) -> None:
+        self.max_body_bytes = value
 
-    def stop(self) -> None:
-        with self._life_lock:
-            if not self._running:
-                return
-            self._running = False
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._unserve()
-            self._down = False
-        self._close_connections(None)
+    def _started(self) -> None:
+        self.cluster.start_refresher()
 
-    def __enter__(self) -> ESTestServer:
-        return self.start()
+    def _stopping(self) -> None:
+        self.cluster.stop_refresher()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _serve(self) -> None:
-        deadline = time.monotonic() + 5.0
-        while True:
+    # ------------------------------------------------------------------ request handling
+    def handle(self, ex: Exchange, req: Request) -> None:
+        if req.segs and req.segs[0] == "_test":
+            self._handle_admin(ex, req)
+            return
+        route, path_params, allowed = self.api.router.match(req.method, req.segs)
+        endpoint = route.endpoint if route else self.api.router.endpoint_of(req.segs)
+        record = RequestRecord(time.time(), req.method, req.path, endpoint, None,
+                               len(req.body), None,
+                               content_encoding=req.header("Content-Encoding"))
+        self._count("requests", f"requests.{endpoint}")
+        ex.begin(record)
+        head = req.method == "HEAD"
+        try:
+            principal = self.security.authenticate(req.header("Authorization"), req.path)
+        except ESError as e:
+            challenge = [("WWW-Authenticate", c) for c in e.err["header"]["WWW-Authenticate"]]
+            ex.send(self._json(401, e.body(), extra=challenge), head=head)
+            return
+        body = req.body
+        if req.size > self.max_content_length:
+            ex.send(_too_large())
+            return
+        enc = (req.header("Content-Encoding") or "").lower()
+        if body and enc in ("gzip", "x-gzip", "deflate"):
             try:
-                httpd = _HTTPServer((self.host, self.port), self)
-                break
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"esserver-{self.port}", daemon=True)
-        self._thread.start()
-        self._up_event.set()
-
-    def _unserve(self) -> None:
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        self._up_event.clear()
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-
-    # ------------------------------------------------------------------ up / down
-    @property
-    def is_down(self) -> bool:
-        return self._running and (self._down or not self._up_event.is_set())
-
-    def go_down(self, seconds: float | None = None, *, _keep: socket.socket | None = None
-                ) -> None:
-        """Stop listening (connections are refused) and drop open connections.
-
-        With ``seconds`` the server comes back automatically (same port, data intact);
-        otherwise call :meth:`bring_up`.
-        """
-        with self._life_lock:
-            if not self._running:
-                raise RuntimeError("server is not running")
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if not self._down:
-                self._down = True
-                self._count("server.down")
-                self._unserve()
-            if seconds is not None:
-                self._timer = threading.Timer(seconds, self.bring_up)
-                self._timer.daemon = True
-                self._timer.start()
-        self._close_connections(_keep)
-
-    def bring_up(self) -> None:
-        with self._life_lock:
-            if self._timer is not None and self._timer is not threading.current_thread():
-                self._timer.cancel()
-            self._timer = None
-            if not self._running or not self._down:
+                body = _decompress(body, enc, self.max_content_length)
+            except ValueError:
+                ex.send(self._json(400, error_body(400, {
+                    "type": "illegal_argument_exception",
+                    "reason": "failed to decompress request body"})))
                 return
-            self._serve()
-            self._down = False
-            self._count("server.up")
-
-    def wait_until_up(self, timeout: float = 10.0) -> bool:
-        return self._up_event.wait(timeout)
-
-    def _track(self, sock: socket.socket, add: bool) -> None:
-        with self._conns_lock:
-            if add:
-                self._conns.add(sock)
-                self._counters["connections"] += 1
+            if len(body) > self.max_content_length:
+                ex.send(_too_large())
+                return
+        ctype = req.header("Content-Type")
+        try:
+            compat = check_media(req.header("Accept"), ctype, bool(body), self.major)
+        except ESError as e:
+            if e.status == 406:
+                ex.send(self._json(406, {"error": f"Content-Type header [{ctype or ''}] is "
+                                                  "not supported", "status": 406}))
             else:
-                self._conns.discard(sock)
+                ex.send(self._json(e.status, e.body()))
+            return
+        resp_type = (f"application/vnd.elasticsearch+json;compatible-with={compat}"
+                     if compat is not None else "application/json")
 
-    def _close_connections(self, keep: socket.socket | None) -> None:
-        with self._conns_lock:
-            conns = [c for c in self._conns if c is not keep]
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
+        fault = self.faults.take_request_fault(endpoint)
+        if fault is not None:
+            record.fault = fault.kind
+            self._count(f"faults.{fault.kind}")
+            if fault.kind == "status":
+                ex.send(self._fault_status(fault, resp_type))
+                return
+            if fault.kind == "reset" and fault.when == "before":
+                self._count("faults.reset.before")
+                ex.reset()
+                return
+            if fault.kind == "down":
+                self._up_event.clear()  # is_down/wait_until_up see it before the client does
+                ex.reset()
+                self.go_down(fault.seconds if fault.seconds > 0 else None)
+                return
+        call = Call(req, body, path_params, record, principal)
+        if endpoint == "bulk" and route is not None:
+            call.item_faults = self.faults.take_item_faults(endpoint)
+            for f in call.item_faults:
+                self._count(f"faults.{f.kind}")
+        status, payload = self._dispatch(route, allowed, call)
+        if isinstance(payload, dict) and req.params.get("filter_path"):
+            payload = apply_filter_path(payload, req.params["filter_path"])
+        if fault is not None and fault.kind == "reset" and fault.when == "after":
+            self._count("faults.reset.after")
+            ex.reset()
+            return
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.seconds)
+        extra = [("Allow", ",".join(allowed))] if status == 405 else []
+        if isinstance(payload, str):
+            ex.send(Response(status, payload.encode(), "text/plain; charset=UTF-8",
+                             [PRODUCT_HEADER, *extra]), head=head)
+        elif payload is None:
+            ex.send(Response(status, b"", resp_type, [PRODUCT_HEADER]), head=head)
+        else:
+            ex.send(self._json(status, payload, resp_type, extra), head=head)
 
-    # ------------------------------------------------------------------ counters
-    def _count(self, *keys: str) -> None:
-        with self._counter_lock:
-            for k in keys:
-                self._counters[k] += 1
+    def _dispatch(self, route: Route | None, allowed: list[str], call: Call
+                  ) -> tuple[int, Any]:
+        req = call.request
+        try:
+            if route is None:
+                if allowed:
+                    raise _raw_error(405, f"Incorrect HTTP method for uri [{req.path}] and "
+                                          f"method [{req.method}], allowed: "
+                                          f"[{', '.join(allowed)}]")
+                raise _raw_error(400, f"no handler found for uri [{req.path}] and method "
+                                      f"[{req.method}]")
+            result: tuple[int, Any] = route.handler(call)
+            return result
+        except ESError as e:
+            return e.status, e.body()
+        except orjson.JSONDecodeError as e:
+            return 400, error_body(400, {"type": "x_content_parse_exception",
+                                         "reason": f"[1:1] {e}"})
+        except Exception as e:  # pragma: no cover - server bug, surface it loudly
+            traceback.print_exc(file=sys.stderr)
+            return 500, error_body(500, {"type": "exception", "reason": repr(e)})
 
-    def _merge_counts(self, counts: Counter[str]) -> None:
-        with self._counter_lock:
-            self._counters.update(counts)
+    @staticmethod
+    def _json(status: int, payload: Any, ctype: str = "application/json",
+              extra: Iterable[tuple[str, str]] = ()) -> Response:
+        return json_response(status, payload, ctype, [PRODUCT_HEADER, *extra])
 
-    def _log(self, record: RequestRecord) -> None:
-        self.request_log.append(record)
-
-    def stats(self) -> dict[str, int]:
-        """Snapshot of all counters (see README in the package docstring for keys)."""
-        with self._counter_lock:
-            return dict(self._counters)
-
-    def counter(self, key: str) -> int:
-        with self._counter_lock:
-            return self._counters.get(key, 0)
-
-    def reset_stats(self) -> None:
-        with self._counter_lock:
-            self._counters.clear()
-        self.request_log.clear()
+    def _fault_status(self, fault: Fault, resp_type: str) -> Response:
+        status = fault.status
+        if fault.body is not None:
+            body = fault.body
+            if isinstance(body, str):
+                return Response(status, body.encode(), "text/plain; charset=UTF-8")
+            headers = [PRODUCT_HEADER] if status < 500 else []
+            return json_response(status, body, resp_type, headers)
+        if status == 413:
+            return _too_large()
+        if status in (502, 504):
+            # these come from a proxy / load balancer in front of Elasticsearch
+            phrase = REASONS[status]
+            html = (f"<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
+                    f"<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx</center>"
+                    "\r\n</body>\r\n</html>\r\n")
+            return Response(status, html.encode(), "text/html")
+        err, headers = request_error(fault, self.major)
+        return self._json(status, error_body(status, err), resp_type, headers)
 
     def reset(self) -> None:
         """Drop all data (indices, data streams, user templates, ILM), faults and counters."""
@@ -831,7 +374,7 @@ class ESTestServer:
         candidates = ds.indices if ds else [self.cluster.indices[index]] \
             if index in self.cluster.indices else []
         for idx in reversed(candidates):
-            doc = idx.docs.get(doc_id)
+            doc = idx.current(doc_id)
             if doc is not None:
                 return idx, doc
         return None
@@ -858,7 +401,7 @@ class ESTestServer:
     def doc_count(self, target: str = "*") -> int:
         with self.cluster.lock:
             try:
-                return sum(len(i.docs) for i in self.cluster.resolve(target))
+                return sum(len(i) for i in self.cluster.resolve(target))
             except ESError:
                 return 0
 
@@ -887,36 +430,104 @@ class ESTestServer:
             t = self.cluster.templates.get(name)
             return copy.deepcopy(t) if t is not None else None
 
+    def index_settings(self, index: str) -> dict[str, Any]:
+        """Flat settings of an index (or the write index of a data stream)."""
+        with self.cluster.lock:
+            ds = self.cluster.data_streams.get(index)
+            idx = ds.write_index if ds else self.cluster.indices[index]
+            return dict(idx.settings)
+
+    def load_docs(self, target: str, docs: Iterable[Any], *, refresh: bool = True) -> int:
+        """Store many documents fast, without HTTP: ``docs`` yields ``_source`` dicts or
+        ``(_id, _source)`` pairs (ids are generated otherwise). The target (index or data
+        stream) is created like a bulk ``create`` would; mapping rules apply. Returns the
+        number stored; they are searchable at once unless ``refresh=False``."""
+        enabled = gc.isenabled()
+        gc.disable()  # millions of long-lived objects: no point scanning them mid-load
+        try:
+            return self.cluster.load(target, docs, refresh)
+        finally:
+            gc.freeze()
+            if enabled:
+                gc.enable()
+
+    def refresh(self, target: str = "*") -> None:
+        """``POST <target>/_refresh``: make every write searchable now."""
+        self.cluster.refresh(target)
+
+    # ------------------------------------------------------------------ cluster conditions
+    def flood_stage(self, on: bool = True, target: str = "*") -> None:
+        """The disk allocator at the flood-stage watermark: sets (or clears) the
+        ``index.blocks.read_only_allow_delete`` block on every index, so writes get per-item
+        429 ``cluster_block_exception`` (``TOO_MANY_REQUESTS/12``)."""
+        self.cluster.set_blocks("index.blocks.read_only_allow_delete", on, target)
+
+    def cluster_settings(self, **persistent: Any) -> None:
+        """``PUT _cluster/settings`` (persistent), e.g. ``action_auto_create_index=False``
+        is written ``**{"action.auto_create_index": False}``."""
+        self.cluster.put_cluster_settings({"persistent": persistent})
+
+    def add_user(self, name: str, password: str, *, write: Iterable[str] = ("*",),
+                 roles: Iterable[str] = ("writer",)) -> None:
+        """Turn security on (if it is not) and accept ``Basic`` auth for this user, who may
+        write to the index patterns ``write``."""
+        self.security.add_user(name, password, roles=tuple(roles), write=tuple(write))
+
+    def add_api_key(self, key_id: str, key: str, *, owner: str = "collector",
+                    write: Iterable[str] = ("*",), roles: Iterable[str] = ("writer",)) -> str:
+        """Turn security on and accept this API key; returns its encoded form (what clients
+        send as ``Authorization: ApiKey <encoded>``)."""
+        return self.security.add_api_key(key_id, key, owner=owner, roles=tuple(roles),
+                                         write=tuple(write))
     # ------------------------------------------------------------------ faults
     def add_fault(self, fault: Fault) -> Fault:
         return self.faults.add(fault)
 
-    def fail_requests(self, status: int = 429, *, requests: int | None = 1, skip: int = 0,
-                      probability: float | None = None, seed: int | None = None,
-                      endpoints: Iterable[str] = ("bulk",), body: Any = None) -> Fault:
+    def fail_requests(self, status: int | None = None, *, requests: int | None = 1,
+                      skip: int = 0, probability: float | None = None, seed: int | None = None,
+                      endpoints: Iterable[str] = ("bulk",), body: Any = None,
+                      error_type: str | None = None, durability: str = "TRANSIENT",
+                      reason: str | None = None) -> Fault:
         """Whole-request error responses (nothing is applied).
 
-        429 → ``es_rejected_execution_exception``; 503 → ``cluster_block_exception``;
+        429 → ``es_rejected_execution_exception`` (``error_type="circuit_breaking_exception"``
+        with ``durability``, or ``"cluster_block_exception"``); 503 → ``cluster_block_exception``
+        (no master); 401 → ``security_exception`` with ``WWW-Authenticate``; 403 →
+        ``security_exception``; 413 → the empty body of ``http.max_content_length``;
         502/504 → an nginx HTML page without ``X-Elastic-Product`` (a proxy in front of ES).
         ``body`` (dict → JSON, str → text/plain) overrides the body.
         """
+        if status is None:
+            status = ERROR_STATUS.get(error_type or "", 429)
         return self.faults.add(Fault("status", requests=requests, skip=skip,
                                      probability=probability, seed=seed,
-                                     endpoints=frozenset(endpoints), status=status, body=body))
+                                     endpoints=frozenset(endpoints), status=status, body=body,
+                                     error_type=error_type, durability=durability,
+                                     reason=reason))
 
-    def fail_items(self, status: int = 429, *, every: int | None = None,
+    def fail_items(self, status: int | None = None, *, error_type: str | None = None,
+                   durability: str = "TRANSIENT", every: int | None = None,
                    fraction: float | None = None, positions: Iterable[int] | None = None,
                    predicate: Callable[[BulkItem], bool] | None = None,
                    requests: int | None = 1, skip: int = 0, probability: float | None = None,
                    seed: int | None = None, reason: str | None = None) -> Fault:
         """Per-item failures inside bulk responses (selected items are NOT applied).
 
+        ``error_type`` names the Elasticsearch error (``cluster_block_exception`` 429 is the
+        flood-stage block, 403 a write block; ``circuit_breaking_exception`` with
+        ``durability``; ``security_exception``; ``index_not_found_exception``;
+        ``index_closed_exception``; ...); without it the status picks the usual one (429
+        ``es_rejected_execution_exception``, 503 ``unavailable_shards_exception``, 409
+        version conflict, 403 ``security_exception``, 404 ``index_not_found_exception``).
         Selection criteria combine with AND: ``positions`` (0-based in the request),
         ``every`` (items k-1, 2k-1, ... i.e. every k-th), ``fraction`` (seeded random),
         ``predicate(BulkItem)``.  No criterion → every item.
         """
+        if status is None:
+            status = ERROR_STATUS.get(error_type or "", 429)
         return self.faults.add(Fault("items", requests=requests, skip=skip,
                                      probability=probability, seed=seed, status=status,
+                                     error_type=error_type, durability=durability,
                                      every=every, fraction=fraction,
                                      positions=frozenset(positions) if positions is not None
                                      else None, predicate=predicate, reason=reason))
@@ -967,44 +578,85 @@ class ESTestServer:
     def remove_fault(self, fault_id: int) -> bool:
         return self.faults.remove(fault_id)
 
-    # ------------------------------------------------------------------ admin (HTTP)
-    def _admin(self, method: str, segs: list[str], params: dict[str, str], data: Any
-               ) -> tuple[int, Any, Callable[[], None] | None]:
-        what = segs[0] if segs else ""
-        if what == "stats":
-            if method == "DELETE":
-                self.reset_stats()
-                return 200, {"acknowledged": True}, None
-            return 200, self.stats(), None
-        if what == "faults":
-            if method == "GET":
-                return 200, {"faults": [f.describe() for f in self.faults.list()]}, None
-            if method == "DELETE":
-                if len(segs) > 1:
-                    if not self.remove_fault(int(segs[1])):
-                        raise LookupError(f"no fault {segs[1]}")
-                else:
-                    self.clear_faults()
-                return 200, {"acknowledged": True}, None
-            if method in ("POST", "PUT"):
-                specs = data if isinstance(data, list) else [data]
-                ids = [self.faults.add(fault_from_json(s)).id for s in specs]
-                return 200, {"ids": ids, "id": ids[0] if ids else None}, None
-        if what == "reset" and method == "POST":
-            self.reset()
-            return 200, {"acknowledged": True}, None
-        if what == "down" and method == "POST":
-            seconds = data.get("seconds") if isinstance(data, dict) else None
-            secs = float(seconds) if seconds is not None else None
-            self._up_event.clear()
-            return 200, {"acknowledged": True, "seconds": secs}, lambda: self.go_down(secs)
-        if what == "docs" and method == "GET" and len(segs) >= 2:
-            if len(segs) >= 3:
-                doc = self.get_doc(segs[1], segs[2])
-                if doc is None:
-                    raise LookupError(f"no document [{segs[1]}/{segs[2]}]")
-                return 200, doc, None
-            return 200, self.docs(segs[1]), None
-        if what == "requests" and method == "GET":
-            return 200, {"requests": [r.__dict__ for r in list(self.request_log)]}, None
-        raise LookupError(f"unknown admin endpoint {method} /_test/{'/'.join(segs)}")
+    # ------------------------------------------------------------------ admin API (HTTP)
+    def _admin_routes(self) -> list[Route]:
+        return route_table([
+            ("GET", "/_test/stats", "admin", lambda req, data: (200, self.stats(), None)),
+            ("DELETE", "/_test/stats", "admin", self._admin_reset_stats),
+            ("GET", "/_test/faults", "admin", lambda req, data: (
+                200, {"faults": [f.describe() for f in self.faults.list()]}, None)),
+            ("POST,PUT", "/_test/faults", "admin", self._admin_add_faults),
+            ("DELETE", "/_test/faults", "admin", self._admin_clear_faults),
+            ("DELETE", "/_test/faults/{id}", "admin", self._admin_remove_fault),
+            ("POST", "/_test/reset", "admin", self._admin_reset),
+            ("POST", "/_test/down", "admin", self._admin_down),
+            ("GET", "/_test/docs/{target}", "admin", lambda req, data: (
+                200, self.docs(req.path_params["target"]), None)),
+            ("GET", "/_test/docs/{target}/{id}", "admin", self._admin_doc),
+            ("GET", "/_test/requests", "admin", lambda req, data: (
+                200, {"requests": [r.__dict__ for r in list(self.request_log)]}, None)),
+        ])
+
+    def _handle_admin(self, ex: Exchange, req: Request) -> None:
+        route, path_params, _allowed = self.admin_router.match(req.method, req.segs)
+        req.path_params = path_params
+        try:
+            if route is None:
+                raise LookupError(f"unknown admin endpoint {req.method} {req.path}")
+            data = orjson.loads(req.body) if req.body else {}
+            status, payload, after = route.handler(req, data)
+        except (ValueError, TypeError, KeyError) as e:
+            ex.send(json_response(400, {"error": str(e)}))
+            return
+        except LookupError as e:
+            ex.send(json_response(404, {"error": str(e)}))
+            return
+        if after is None:
+            ex.send(json_response(status, payload))
+        else:
+            self._send_then(ex, json_response(status, payload), after)
+
+    @staticmethod
+    def _send_then(ex: Exchange, resp: Response, after: Callable[[], None]) -> None:
+        """Answer, close our side, then act (e.g. go down) once the client has the answer."""
+        resp.close = True
+        ex.send(resp)
+        ex.shutdown_write()
+        after()
+
+    def _admin_reset_stats(self, req: Request, data: Any) -> tuple[int, Any, None]:
+        self.reset_stats()
+        return 200, {"acknowledged": True}, None
+
+    def _admin_add_faults(self, req: Request, data: Any) -> tuple[int, Any, None]:
+        specs = data if isinstance(data, list) else [data]
+        ids = [self.faults.add(fault_from_json(s)).id for s in specs]
+        return 200, {"ids": ids, "id": ids[0] if ids else None}, None
+
+    def _admin_clear_faults(self, req: Request, data: Any) -> tuple[int, Any, None]:
+        self.clear_faults()
+        return 200, {"acknowledged": True}, None
+
+    def _admin_remove_fault(self, req: Request, data: Any) -> tuple[int, Any, None]:
+        fault_id = req.path_params["id"]
+        if not self.remove_fault(int(fault_id)):
+            raise LookupError(f"no fault {fault_id}")
+        return 200, {"acknowledged": True}, None
+
+    def _admin_reset(self, req: Request, data: Any) -> tuple[int, Any, None]:
+        self.reset()
+        return 200, {"acknowledged": True}, None
+
+    def _admin_down(self, req: Request, data: Any
+                    ) -> tuple[int, Any, Callable[[], None]]:
+        seconds = data.get("seconds") if isinstance(data, dict) else None
+        secs = float(seconds) if seconds is not None else None
+        self._up_event.clear()
+        return 200, {"acknowledged": True, "seconds": secs}, lambda: self.go_down(secs)
+
+    def _admin_doc(self, req: Request, data: Any) -> tuple[int, Any, None]:
+        target, doc_id = req.path_params["target"], req.path_params["id"]
+        doc = self.get_doc(target, doc_id)
+        if doc is None:
+            raise LookupError(f"no document [{target}/{doc_id}]")
+        return 200, doc, None

@@ -24,12 +24,13 @@ be read).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from elastic_transport import TransportError
-from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ApiError, AuthorizationException, Elasticsearch
 
 from collector.config import Config, ConfigError
 from collector.delivery.chain import GENESIS_PREV, chain_hash, chain_of, content_bytes
@@ -209,6 +210,13 @@ def iter_documents(
         search_after = hits[-1]["sort"]
 
 
+def refresh(client: Elasticsearch, index: str) -> None:
+    """Make what was just shipped searchable (search sees a write only after the next
+    refresh, ~1 s); without the maintenance privilege, read what is searchable already."""
+    with contextlib.suppress(AuthorizationException):
+        client.indices.refresh(index=index)
+
+
 def host_ids(client: Elasticsearch, index: str) -> list[str]:
     response = client.search(index=index, size=0, aggs={"hosts": {"terms": {
         "field": "host.id", "size": 10000}}})
@@ -249,6 +257,7 @@ def run_verify(
         print(f"verify: {exc}", file=out)
         return 2
     try:
+        refresh(client, index)
         hosts = [host_id] if host_id else host_ids(client, index)
         if not hosts:
             print(f"verify: no documents in {index}", file=out)
