@@ -8,15 +8,28 @@ capture loop pays for one write per tick, not per document. The file is opened f
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from collector.delivery.chain import ChainPoint, point_of
 from collector.metrics import DOCUMENTS_EMITTED
 
+log = logging.getLogger(__name__)
+
 TAIL_PROBE_BYTES = 1 << 20
+WARN_INTERVAL_S = 60.0
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte: a raw write that a signal interrupts on a full pipe returns a
+    short count (sys.stdout.buffer is a raw FileIO under PYTHONUNBUFFERED=1)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class Sink(Protocol):
@@ -36,6 +49,8 @@ class _BufferedSink:
         self._stream = stream
         self._buffer: list[bytes] = []
         self._count = 0
+        self._unwritten = 0  # documents not written since the last warning
+        self._warned_at = -WARN_INTERVAL_S
 
     def write(self, line: bytes) -> None:
         self._buffer.append(line)
@@ -48,15 +63,25 @@ class _BufferedSink:
         data = b"".join(self._buffer)
         self._buffer.clear()
         try:
-            self._stream.write(data)
-            self._stream.flush()
+            self._stream.flush()  # whatever else went through the stream object first
+            write_all(self._stream.fileno(), data)
             self._after_flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             # stdout closed or the disk is full: local sinks must not stop capture.
-            self._count = 0
+            self._note_unwritten(exc)
             return
         DOCUMENTS_EMITTED.inc(self._count, output=self.name)
         self._count = 0
+
+    def _note_unwritten(self, exc: Exception) -> None:
+        self._unwritten += self._count
+        self._count = 0
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_INTERVAL_S:
+            log.warning("output %s: %d documents not written: %s", self.name,
+                        self._unwritten, getattr(exc, "strerror", None) or exc)
+            self._warned_at = now
+            self._unwritten = 0
 
     def _after_flush(self) -> None:
         return
