@@ -119,7 +119,7 @@ class DocumentSource:
 def stage_costs(workdir: Path, count: int = 5000) -> dict[str, float]:
     """Microseconds per exec event spent in each user-space stage after decoding, measured
     in-process on realistic events (no BPF, no other load): what the capture loop pays."""
-    from collector.config import SpoolConfig
+    from collector.delivery.settings import SpoolConfig
     from collector.delivery.sinks import FileSink
     from collector.delivery.spool import Spool
 

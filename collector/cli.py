@@ -14,12 +14,16 @@ from collections.abc import Sequence
 
 from collector import __version__
 from collector.config import Config, ConfigError, load_config, parse_listen, with_overrides
+from collector.delivery.elasticsearch.settings import ClusterConfigError
+from collector.delivery.settings import OutputError
 
 log = logging.getLogger("audit-collector")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# Mistakes in what the user configured: one line, never a traceback.
+SETTINGS_ERRORS = (ConfigError, ClusterConfigError, OutputError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +118,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         metrics.start()
     try:
         pipeline = Pipeline(cfg, host, start_shipping=False)
-    except (OSError, ConfigError) as exc:
+    except (OSError, *SETTINGS_ERRORS) as exc:
         print(f"audit-collector: cannot open the outputs: {exc}", file=sys.stderr)
         return EXIT_FAILED
     agent = Agent(cfg, host, pipeline)
@@ -128,7 +132,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         pipeline.start_shipping()
-    except (OSError, ConfigError) as exc:
+    except (OSError, *SETTINGS_ERRORS) as exc:
         print(f"audit-collector: cannot start shipping: {exc}", file=sys.stderr)
         if agent.probes is not None:
             agent.probes.close()

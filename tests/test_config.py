@@ -17,6 +17,8 @@ from collector.config import (
     with_overrides,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_defaults_are_valid() -> None:
     cfg = config_from_mapping({})
@@ -45,13 +47,14 @@ def test_defaults_are_valid() -> None:
         ({"spool": {"full_policy": "drop-all"}}, "spool.full_policy: 'drop-all' is not one of"),
         ({"spool": {"max_bytes": 1 << 20, "segment_bytes": 2 << 20}},
          "spool.segment_bytes: larger than spool.max_bytes"),
-        ({"batch": {"max_wait_s": 0}}, "batch.max_wait_s: 0.0 is not in (0, 60]"),
+        ({"batch": {"max_wait_s": 0}}, "batch.max_wait_s: 0 is out of range (0, 60]"),
         ({"outputs": ["kafka:x"]}, "outputs[0]: 'kafka:x' is not an output"),
         ({"outputs": ["elasticsearch:localhost:9200"]}, "must start with http:// or https://"),
         ({"outputs": []}, "outputs: at least one output is needed"),
         ({"elasticsearch": {"api_version": 7}}, "elasticsearch.api_version: 7 is not one of 8, 9"),
         ({"elasticsearch": {"dataset": "Audit-Collector"}}, "elasticsearch.dataset"),
-        ({"elasticsearch": {"gzip_level": 0}}, "elasticsearch.gzip_level: 0 is not in 1..9"),
+        ({"elasticsearch": {"gzip_level": 0}},
+         "elasticsearch.gzip_level: 0 is out of range [1, 9]"),
         ({"elasticsearch": {"password_env": "P"}}, "elasticsearch.username: required"),
         ({"elasticsearch": {"api_key_file": "a", "api_key_env": "B"}}, "not both"),
         ({"elasticsearch": {"ilm": {"delete_after": "forever"}}},
@@ -119,3 +122,84 @@ def test_cli_config_only_check_accepts_a_good_file(tmp_path: Path) -> None:
     result = run_cli("check", "--config-only", "--config", str(cfg))
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"batch": {"max_wait_s": float("nan")}}, "batch.max_wait_s: nan is out of range (0, 60]"),
+        ({"elasticsearch": {"retry": {"max_s": float("inf")}}},
+         "elasticsearch.retry.max_s: inf is out of range (0, 86400]"),
+        ({"elasticsearch": {"request_timeout_s": float("inf")}},
+         "elasticsearch.request_timeout_s: inf is out of range"),
+        ({"state_dir": ""}, "state_dir: must not be empty"),
+        ({"spool": {"dir": ""}}, "spool.dir: must not be empty"),
+        ({"capture": {"bash_paths": [""]}}, "capture.bash_paths[0]: must not be empty"),
+        ({"elasticsearch": {"api_key_env": "not a name"}},
+         "elasticsearch.api_key_env: 'not a name' is not a valid name"),
+        ({1: 2}, "config: keys must be strings"),
+        ({"capture": {1: 2}}, "capture: keys must be strings"),
+        ({"metrics": {"listen": "::1:9477"}}, "metrics.listen: '::1:9477' is not HOST:PORT"),
+        ({"metrics": {"listen": "h:70000"}}, "is not HOST:PORT"),
+        ({"capture": {"max_args": "x" * 10_000}}, "capture.max_args: expected an integer"),
+    ],
+)
+def test_values_that_would_stall_or_break_a_run_are_refused(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(data)
+    assert message in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def test_listen_accepts_bracketed_ipv6() -> None:
+    assert config_from_mapping({"metrics": {"listen": "[::1]:9477"}}).metrics.listen == \
+        "[::1]:9477"
+
+
+def test_a_long_bad_value_is_quoted_short() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"spool": {"full_policy": "y" * 100_000}})
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"capture:\n  exec: true\n  exec: false\n", "duplicate key 'exec' (line 3)"),
+        (b"\xff\xfe capture: {}\n", "not UTF-8 text"),
+        (b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+         + b"".join(b"%s: &%s [*%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s]\n"
+                    % ((bytes([c + 1]),) * 2 + (bytes([c]),) * 9)
+                    for c in range(ord("a"), ord("a") + 20)),
+         "YAML aliases"),
+        (b"[" * 20_000 + b"]" * 20_000, "nested deeper than"),
+        (b"outputs: [stdout]\n" + b"#" * (2 << 20), "larger than"),
+    ],
+)
+def test_hostile_files_get_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        flat: dict[str, object] = {}
+        for key, inner in value.items():
+            flat.update(_flatten(inner, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: list(value) if isinstance(value, (list, tuple)) else value}
+
+
+def test_example_config_lists_every_key_with_its_default() -> None:
+    import msgspec
+    import yaml
+
+    from collector.config import Config
+
+    example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
+    defaults = msgspec.to_builtins(Config())
+    assert _flatten(example) == _flatten(defaults)

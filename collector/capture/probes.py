@@ -24,7 +24,7 @@ from collector.capture.btf import Btf
 from collector.capture.hostns import detect_host_namespaces
 from collector.capture.malloc import release_free_heap
 from collector.capture.offsets import explain_missing, offsets_as_cflags, resolve_offsets
-from collector.config import CaptureConfig
+from collector.capture.settings import CaptureConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from collector.config import Config, outputs_of
 from collector.delivery.chain import ChainPoint, SealedDoc, Sealer, point_of
 from collector.delivery.elasticsearch.credentials import auth_options
+from collector.delivery.settings import DeliverySettings, parse_outputs
 from collector.delivery.sinks import FileSink, Sink, StdoutSink, last_point_in_file
 from collector.delivery.spool import DroppedRange, Spool
 from collector.ecs.documents import events_lost_document
@@ -43,7 +43,7 @@ class _Report:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, host: HostInfo, client: Any = None,
+    def __init__(self, cfg: DeliverySettings, host: HostInfo, client: Any = None,
                  start_shipping: bool = True) -> None:
         """client: an Elasticsearch client to use instead of one built from cfg (tests).
         start_shipping=False: the caller calls `start_shipping()` later (`run` does, after the
@@ -134,7 +134,7 @@ class Pipeline:
     def _open_outputs(self) -> list[ChainPoint | None]:
         """Open sinks and spool; the chain points they last recorded (sequence recovery)."""
         recovered: list[ChainPoint | None] = []
-        for output in outputs_of(self._cfg):
+        for output in parse_outputs(self._cfg.outputs):
             if output.kind == "stdout":
                 self._sinks.append(StdoutSink())
             elif output.kind == "file":

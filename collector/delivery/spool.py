@@ -40,7 +40,7 @@ from typing import Literal
 
 import orjson
 
-from collector.config import SpoolConfig
+from collector.delivery.settings import SpoolConfig
 from collector.metrics import EVENTS_LOST, REGISTRY
 
 MAGIC = b"ACSPOOL1"

@@ -6,13 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from collector.config import (
-    BatchConfig,
-    Config,
-    ElasticsearchConfig,
-    RetryConfig,
-    SpoolConfig,
-)
+import msgspec
+
+from collector.config import Config
+from collector.delivery.elasticsearch.settings import ElasticsearchConfig, RetryConfig
+from collector.delivery.settings import BatchConfig, SpoolConfig
 from collector.ecs.host import HostInfo
 
 HOST = HostInfo(name="test-host", id="0123456789abcdef0123456789abcdef", boot_id="b00t",
@@ -60,7 +58,7 @@ def make_config(
 
 
 def replace_es(cfg: Config, **changes: Any) -> Config:
-    return dataclasses.replace(cfg, elasticsearch=dataclasses.replace(cfg.elasticsearch,
+    return msgspec.structs.replace(cfg, elasticsearch=msgspec.structs.replace(cfg.elasticsearch,
                                                                       **changes))
 
 

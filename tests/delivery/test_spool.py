@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import SpoolConfig
+from collector.delivery.settings import SpoolConfig
 from collector.delivery.spool import HEADER_SIZE, Spool
 from collector.metrics import REGISTRY
 

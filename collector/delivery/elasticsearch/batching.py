@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from collector.config import BatchConfig
+from collector.delivery.settings import BatchConfig
 
 
 class BatchWindow:

@@ -26,8 +26,13 @@ from elastic_transport import HttpHeaders, NodeConfig, Transport, Urllib3HttpNod
 from elasticsearch import Elasticsearch
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
-from collector.config import Config, ConfigError, ElasticsearchConfig, elasticsearch_urls
 from collector.delivery.elasticsearch.credentials import auth_options
+from collector.delivery.elasticsearch.settings import (
+    ClusterConfigError,
+    ClusterSettings,
+    ElasticsearchConfig,
+    cluster_urls,
+)
 
 _COMPAT_RE = re.compile(r"compatible-with=\d+")
 
@@ -102,11 +107,11 @@ def _tls_options(es: ElasticsearchConfig, urls: list[str]) -> dict[str, Any]:
     return options
 
 
-def build_client(cfg: Config, request_timeout_s: float | None = None) -> Elasticsearch:
-    """The client for the configured cluster(s); ConfigError when there is none."""
-    urls = elasticsearch_urls(cfg)
+def build_client(cfg: ClusterSettings, request_timeout_s: float | None = None) -> Elasticsearch:
+    """The client for the configured cluster(s); ClusterConfigError when there is none."""
+    urls = cluster_urls(cfg)
     if not urls:
-        raise ConfigError("outputs: no elasticsearch:URL output and no elasticsearch.hosts")
+        raise ClusterConfigError("outputs: no elasticsearch:URL output and no elasticsearch.hosts")
     es = cfg.elasticsearch
     return Elasticsearch(
         urls,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from collector.config import ConfigError, ElasticsearchConfig
+from collector.delivery.elasticsearch.settings import ClusterConfigError, ElasticsearchConfig
 
 
 def read_secret(file_path: str | None, env_name: str | None, what: str) -> str | None:
@@ -21,15 +21,15 @@ def read_secret(file_path: str | None, env_name: str | None, what: str) -> str |
         try:
             value = Path(file_path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"elasticsearch: cannot read the {what} file {file_path}: "
+            raise ClusterConfigError(f"elasticsearch: cannot read the {what} file {file_path}: "
                               f"{exc.strerror}") from None
         if not value:
-            raise ConfigError(f"elasticsearch: the {what} file {file_path} is empty")
+            raise ClusterConfigError(f"elasticsearch: the {what} file {file_path} is empty")
         return value
     if env_name:
         value = os.environ.get(env_name, "").strip()
         if not value:
-            raise ConfigError(f"elasticsearch: environment variable {env_name} ({what}) is "
+            raise ClusterConfigError(f"elasticsearch: environment variable {env_name} ({what}) is "
                               "not set")
         return value
     return None

@@ -35,8 +35,8 @@ from elasticsearch import ApiError, Elasticsearch, NotFoundError
 
 from collector import __version__
 from collector.checks import CheckResult
-from collector.config import Config, ConfigError
 from collector.delivery.elasticsearch.client import build_client
+from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 from collector.fields import FIELDS
 
 TEMPLATE_PRIORITY = 200
@@ -47,11 +47,11 @@ CHECK_TIMEOUT_S = 5.0
 # --------------------------------------------------------------------------- bodies
 
 
-def template_name(cfg: Config) -> str:
+def template_name(cfg: ClusterSettings) -> str:
     return f"logs-{cfg.elasticsearch.dataset}"
 
 
-def policy_name(cfg: Config) -> str:
+def policy_name(cfg: ClusterSettings) -> str:
     return f"logs-{cfg.elasticsearch.dataset}-policy"
 
 
@@ -91,7 +91,7 @@ def mappings_body() -> dict[str, Any]:
     return {"dynamic": False, "date_detection": False, "properties": field_properties()}
 
 
-def template_body(cfg: Config) -> dict[str, Any]:
+def template_body(cfg: ClusterSettings) -> dict[str, Any]:
     return _with_meta({
         "index_patterns": [f"logs-{cfg.elasticsearch.dataset}-*"],
         "data_stream": {},
@@ -103,7 +103,7 @@ def template_body(cfg: Config) -> dict[str, Any]:
     })
 
 
-def policy_body(cfg: Config) -> dict[str, Any]:
+def policy_body(cfg: ClusterSettings) -> dict[str, Any]:
     ilm = cfg.elasticsearch.ilm
     return _with_meta({
         "phases": {
@@ -141,7 +141,7 @@ def _get_template(client: Elasticsearch, name: str) -> dict[str, Any] | None:
     return templates[0].get("index_template") if templates else None
 
 
-def _ensure_policy(client: Elasticsearch, cfg: Config) -> str:
+def _ensure_policy(client: Elasticsearch, cfg: ClusterSettings) -> str:
     name, body = policy_name(cfg), policy_body(cfg)
     found = _get_policy(client, name)
     if found is not None and _installed_hash(found) == body["_meta"]["content_hash"]:
@@ -150,7 +150,7 @@ def _ensure_policy(client: Elasticsearch, cfg: Config) -> str:
     return "created" if found is None else "updated"
 
 
-def _ensure_template(client: Elasticsearch, cfg: Config) -> str:
+def _ensure_template(client: Elasticsearch, cfg: ClusterSettings) -> str:
     name, body = template_name(cfg), template_body(cfg)
     found = _get_template(client, name)
     if found is not None and _installed_hash(found) == body["_meta"]["content_hash"]:
@@ -159,7 +159,7 @@ def _ensure_template(client: Elasticsearch, cfg: Config) -> str:
     return "created" if found is None else "updated"
 
 
-def _ensure_data_stream(client: Elasticsearch, cfg: Config, template_changed: bool) -> str:
+def _ensure_data_stream(client: Elasticsearch, cfg: ClusterSettings, template_changed: bool) -> str:
     name = cfg.elasticsearch.data_stream
     try:
         client.indices.get_data_stream(name=name)
@@ -174,12 +174,12 @@ def _ensure_data_stream(client: Elasticsearch, cfg: Config, template_changed: bo
     return "already exists; mappings updated"
 
 
-def setup_cluster(cfg: Config, out: TextIO | None = None) -> int:
+def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None) -> int:
     """Install policy, template and data stream; one line per step. 0 on success."""
     out = out or sys.stdout
     try:
         client = build_client(cfg)
-    except ConfigError as exc:
+    except ClusterConfigError as exc:
         print(f"setup: {exc}", file=out)
         return 1
     steps = [
@@ -211,11 +211,11 @@ def _error_text(exc: Exception) -> str:
 # --------------------------------------------------------------------------- check
 
 
-def check_cluster(cfg: Config) -> list[CheckResult]:
+def check_cluster(cfg: ClusterSettings) -> list[CheckResult]:
     """Reachability (with version) and whether the template is installed and current."""
     try:
         client = build_client(cfg, request_timeout_s=CHECK_TIMEOUT_S)
-    except ConfigError as exc:
+    except ClusterConfigError as exc:
         return [CheckResult("elasticsearch", False, str(exc))]
     try:
         return [_check_reachable(client), _check_template(client, cfg)]
@@ -231,7 +231,7 @@ def _check_reachable(client: Elasticsearch) -> CheckResult:
     return CheckResult("elasticsearch reachable", True, f"version {version}")
 
 
-def _check_template(client: Elasticsearch, cfg: Config) -> CheckResult:
+def _check_template(client: Elasticsearch, cfg: ClusterSettings) -> CheckResult:
     name = template_name(cfg)
     found = _get_template(client, name)
     if found is None:

@@ -42,8 +42,8 @@ from tenacity import (
     wait_random,
 )
 
-from collector.config import Config
 from collector.delivery.elasticsearch.batching import BatchWindow
+from collector.delivery.settings import DeliverySettings
 from collector.delivery.spool import DroppedRange, Record, Spool
 from collector.metrics import DOCUMENTS_EMITTED, REGISTRY
 
@@ -165,7 +165,7 @@ class DeadLetterFile:
 class Shipper:
     """Ships the spool to Elasticsearch from a daemon thread."""
 
-    def __init__(self, cfg: Config, spool: Spool, client: Elasticsearch) -> None:
+    def __init__(self, cfg: DeliverySettings, spool: Spool, client: Elasticsearch) -> None:
         es = cfg.elasticsearch
         self._spool = spool
         self._client = client

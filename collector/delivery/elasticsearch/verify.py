@@ -32,9 +32,9 @@ from typing import Any, TextIO
 from elastic_transport import TransportError
 from elasticsearch import ApiError, AuthorizationException, Elasticsearch
 
-from collector.config import Config, ConfigError
 from collector.delivery.chain import GENESIS_PREV, chain_hash, chain_of, content_bytes
 from collector.delivery.elasticsearch.client import build_client
+from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 
 PAGE_SIZE = 1000
 SORT = [{"event.sequence": {"order": "asc"}},
@@ -248,12 +248,12 @@ def _print_host(out: TextIO, host_id: str, result: ChainVerifier) -> None:
 
 
 def run_verify(
-    cfg: Config, host_id: str | None, out: TextIO, client: Elasticsearch | None = None
+    cfg: ClusterSettings, host_id: str | None, out: TextIO, client: Elasticsearch | None = None
 ) -> int:
     index = cfg.elasticsearch.data_stream
     try:
         client = client or build_client(cfg)
-    except ConfigError as exc:
+    except ClusterConfigError as exc:
         print(f"verify: {exc}", file=out)
         return 2
     try:

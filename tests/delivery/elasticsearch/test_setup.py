@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from collector.delivery.elasticsearch.index import (
@@ -81,8 +81,8 @@ def test_changed_config_updates_policy_and_template(server: ESTestServer,
                                                     tmp_path: Path) -> None:
     cfg = make_config(tmp_path, server.url, es={"api_version": server.major})
     run_setup(cfg)
-    ilm = dataclasses.replace(cfg.elasticsearch.ilm, delete_after="30d")
-    changed = dataclasses.replace(cfg, elasticsearch=dataclasses.replace(cfg.elasticsearch,
+    ilm = msgspec.structs.replace(cfg.elasticsearch.ilm, delete_after="30d")
+    changed = msgspec.structs.replace(cfg, elasticsearch=msgspec.structs.replace(cfg.elasticsearch,
                                                                           ilm=ilm))
     status, lines = run_setup(changed)
     assert status == 0

@@ -13,9 +13,9 @@ import orjson
 import pytest
 from elasticsearch import BadRequestError
 
-from collector.config import ConfigError
 from collector.delivery.elasticsearch.client import _tls_options, build_client
 from collector.delivery.elasticsearch.index import setup_cluster
+from collector.delivery.elasticsearch.settings import ClusterConfigError
 from collector.delivery.elasticsearch.shipper import _item_retriable
 from collector.delivery.pipeline import Pipeline
 from collector.delivery.spool import Spool
@@ -214,7 +214,7 @@ def test_credentials_come_from_file_or_environment_and_are_never_shown(
     assert client._headers["authorization"].startswith("Basic ")
     assert "hunter2" not in repr(client)
     monkeypatch.delenv("ES_PW")
-    with pytest.raises(ConfigError, match="ES_PW") as info:
+    with pytest.raises(ClusterConfigError, match="ES_PW") as info:
         build_client(make_config(tmp_path, "http://127.0.0.1:9", es={
             "username": "collector", "password_env": "ES_PW"}))
     assert "hunter2" not in str(info.value)
