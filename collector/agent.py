@@ -20,22 +20,19 @@ from collector.capture.hostns import detect_host_namespaces
 from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
 from collector.config import Config
-from collector.ecs.documents import Doc, DocumentBuilder, events_lost_document
+from collector.ecs.documents import Doc, DocumentBuilder
 from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
 from collector.ecs.host import HostInfo
-from collector.metrics import EVENTS_CAPTURED, EVENTS_LOST, PROBES_ATTACHED, REGISTRY
+from collector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-DECODE_ERRORS = REGISTRY.counter(
-    "audit_collector_decode_errors_total", "Ring buffer records that could not be decoded."
-)
 KIND_NAMES = {ExecEvent: "exec", BashEvent: "bash"}
-CAPTURED = {kind: EVENTS_CAPTURED.bind(kind=kind) for kind in ("exec", "bash", "namespace")}
 
 
 class DocumentSink(Protocol):
     def submit(self, doc: Doc) -> None: ...
+    def ringbuf_lost(self, grown: dict[str, int], total: int) -> None: ...
     def tick(self) -> None: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
 
@@ -46,6 +43,7 @@ class Agent:
     host: HostInfo
     sink: DocumentSink
     probes: Probes | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     stop_event: threading.Event = field(default_factory=threading.Event)
     on_ready: Callable[[Agent], None] | None = None
     _lost_seen: dict[str, int] = field(default_factory=dict)
@@ -65,12 +63,14 @@ class Agent:
             names=NameCache(),
             owners=NamespaceOwners(host_ns),
         )
+        self._captured = {kind: self.metrics.capture.events_captured.labels(kind=kind)
+                          for kind in ("exec", "bash", "namespace")}
         self.probes.open(self._on_record)
         for family in self.probes.families:
-            PROBES_ATTACHED.set(1, family=family)
-        PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
-        REGISTRY.health["probes_attached"] = True
-        REGISTRY.health["families"] = list(self.probes.families)
+            self.metrics.capture.probes_attached.labels(family=family).set(1)
+        self._count_bash_probes()
+        self.metrics.probes_attached = True
+        self.metrics.families = list(self.probes.families)
         log.info("probes attached in %.2f s: %s", self.probes.load_seconds,
                  ", ".join(self.probes.families))
 
@@ -94,7 +94,7 @@ class Agent:
             self.probes.poll(0)  # what the kernel wrote before we were told to stop
             self._report_losses()
         finally:
-            REGISTRY.health["probes_attached"] = False
+            self.metrics.probes_attached = False
             self.probes.close()
 
     def stop(self, *_args: Any) -> None:
@@ -110,18 +110,18 @@ class Agent:
         try:
             event = decode(data)
         except DecodeError as exc:
-            DECODE_ERRORS.inc()
+            self.metrics.capture.decode_errors.inc()
             log.warning("undecodable record: %s", exc)
             return
         kind = KIND_NAMES.get(type(event), "namespace")
         if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
             return
-        CAPTURED[kind].inc()
+        self._captured[kind].inc()
         assert self._builder is not None
         try:
             doc = self._builder.build(event)
         except Exception:  # one odd event must not stop the loop; it is counted
-            DECODE_ERRORS.inc()
+            self.metrics.capture.decode_errors.inc()
             log.exception("could not build a document for a %s event", kind)
             return
         self.sink.submit(doc)
@@ -150,7 +150,7 @@ class Agent:
             if bashfind.looks_like_bash(path):
                 probe = self.probes.attach_bash(path, hint_pid=event.who.pid)
                 if probe:
-                    PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
+                    self._count_bash_probes()
             else:
                 self.probes.known_not_bash.add((*key, event.exe_generation))
             return
@@ -175,10 +175,9 @@ class Agent:
         if not grown:
             return
         self._lost_seen = counts
-        for kind, n in grown.items():
-            EVENTS_LOST.inc(n, kind=kind, where="ringbuf")
-        log.warning("ring buffer full: lost %s", grown)
-        doc = events_lost_document(
-            self.host, grown, "ringbuf", {"total": sum(counts.values())}
-        )
-        self.sink.submit(doc)
+        self.sink.ringbuf_lost(grown, sum(counts.values()))
+
+    def _count_bash_probes(self) -> None:
+        assert self.probes is not None
+        self.metrics.capture.probes_attached.labels(family="bash_binaries").set(
+            len(self.probes.bash_probes))

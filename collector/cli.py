@@ -7,13 +7,21 @@ line on stderr and a non-zero exit, never in a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
 from collections.abc import Sequence
 
 from collector import __version__
-from collector.config import Config, ConfigError, load_config, parse_listen, with_overrides
+from collector.config import (
+    Config,
+    ConfigError,
+    config_digest,
+    load_config,
+    parse_listen,
+    with_overrides,
+)
 from collector.delivery.elasticsearch.settings import ClusterConfigError
 from collector.delivery.settings import OutputError
 
@@ -101,27 +109,30 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from collector.capture.malloc import keep_large_buffers_mmapped
     from collector.capture.probes import ProbeError
     from collector.delivery.pipeline import Pipeline
+    from collector.ecs.documents import events_lost_document
     from collector.ecs.host import detect_host
-    from collector.metrics import MetricsServer
+    from collector.metrics import Metrics, MetricsServer
 
     started = time.monotonic()
     keep_large_buffers_mmapped()
     host = detect_host(cfg.host.name)
-    metrics = None
+    metrics = Metrics(config_digest(args.config))
+    server = None
     if cfg.metrics.enabled:
         try:
-            metrics = MetricsServer(*parse_listen(cfg.metrics.listen))
+            server = MetricsServer(*parse_listen(cfg.metrics.listen), metrics)
         except OSError as exc:
             print(f"audit-collector: metrics.listen {cfg.metrics.listen}: {exc.strerror}",
                   file=sys.stderr)
             return EXIT_FAILED
-        metrics.start()
+        server.start()
     try:
-        pipeline = Pipeline(cfg, host, start_shipping=False)
+        pipeline = Pipeline(cfg, host, functools.partial(events_lost_document, host),
+                            start_shipping=False, metrics=metrics.delivery)
     except (OSError, *SETTINGS_ERRORS) as exc:
         print(f"audit-collector: cannot open the outputs: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    agent = Agent(cfg, host, pipeline)
+    agent = Agent(cfg, host, pipeline, metrics=metrics)
     agent.install_signal_handlers()
     try:
         agent.start()
@@ -143,8 +154,8 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         agent.run()
     finally:
         pipeline.close()
-        if metrics:
-            metrics.stop()
+        if server:
+            server.stop()
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ within bounds (size, nesting, aliases), and turns msgspec's validation errors in
 that names the dotted key (`capture.max_args: -1 is out of range [1, 1024]`).
 """
 
+import hashlib
 import os
 import re
 from typing import Any, Literal, Optional, Union
@@ -291,6 +292,15 @@ def _first_line(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"{problem} (line {mark.line + 1})" if mark else str(problem)
+
+
+def config_digest(path: Union[str, os.PathLike[str], None]) -> str:
+    """SHA-256 (hex) of the configuration file's bytes, as deployment tooling computes it
+    for the file it wrote; "defaults" for the embedded defaults."""
+    if path is None:
+        return "defaults"
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read(MAX_FILE_BYTES + 1)).hexdigest()
 
 
 def with_overrides(cfg: Config, outputs: Optional[list[str]] = None,

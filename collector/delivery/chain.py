@@ -33,20 +33,26 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from collector.ecs.host import HostInfo
-from collector.metrics import REGISTRY
+from collector.delivery.metrics import DeliveryMetrics
 
 STATE_FILE = "chain.state"
 CHECKPOINT_INTERVAL_S = 1.0
 GENESIS_PREV = ""
 
-LAST_SEQUENCE = REGISTRY.gauge(
-    "audit_collector_last_sequence", "Highest event.sequence sealed by this collector."
-)
+
+
+class HostIdentity(Protocol):
+    """What names a host in document ids (the ECS wing's HostInfo has it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def boot_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,9 @@ class Sealer:
     def __init__(
         self,
         state_dir: str | os.PathLike[str],
-        host: HostInfo,
+        host: HostIdentity,
         recovered: tuple[ChainPoint | None, ...] = (),
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._host = host
         self._state_path = Path(state_dir) / STATE_FILE
@@ -156,7 +163,8 @@ class Sealer:
             self._head = ChainPoint(time.time_ns() // 1000, GENESIS_PREV)
         self._saved_seq: int | None = None
         self._saved_at = -1e9  # monotonic time of the last state file write
-        LAST_SEQUENCE.track(self, lambda sealer: sealer.head.seq)
+        metrics = metrics or DeliveryMetrics()
+        metrics.read_at_scrape(metrics.last_sequence, lambda: self._head.seq)
 
     @property
     def head(self) -> ChainPoint:

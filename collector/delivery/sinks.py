@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from collector.delivery.chain import ChainPoint, point_of
-from collector.metrics import DOCUMENTS_EMITTED
+from collector.delivery.metrics import DeliveryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ class Sink(Protocol):
 class _BufferedSink:
     name = "sink"
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, metrics: DeliveryMetrics | None = None) -> None:
         self._stream = stream
+        self._emitted = (metrics or DeliveryMetrics()).documents.labels(output=self.name)
         self._buffer: list[bytes] = []
         self._count = 0
         self._unwritten = 0  # documents not written since the last warning
@@ -70,7 +71,7 @@ class _BufferedSink:
             # stdout closed or the disk is full: local sinks must not stop capture.
             self._note_unwritten(exc)
             return
-        DOCUMENTS_EMITTED.inc(self._count, output=self.name)
+        self._emitted.inc(self._count)
         self._count = 0
 
     def _note_unwritten(self, exc: Exception) -> None:
@@ -93,18 +94,22 @@ class _BufferedSink:
 class StdoutSink(_BufferedSink):
     name = "stdout"
 
-    def __init__(self, stream: BinaryIO | None = None) -> None:
-        super().__init__(stream or sys.stdout.buffer)
+    def __init__(self, stream: BinaryIO | None = None,
+                 metrics: DeliveryMetrics | None = None) -> None:
+        super().__init__(stream or sys.stdout.buffer, metrics)
 
 
 class FileSink(_BufferedSink):
     name = "file"
 
-    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False,
+                 metrics: DeliveryMetrics | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fsync = fsync
-        super().__init__(open(self.path, "ab"))  # noqa: SIM115 - closed in close()
+        # Typed bash lines can hold passwords: owner-only, whatever the umask.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        super().__init__(os.fdopen(fd, "ab"), metrics)
 
     def _after_flush(self) -> None:
         if self._fsync:

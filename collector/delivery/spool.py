@@ -15,7 +15,7 @@ records are acknowledged (or dropped); a missing segment therefore never needs a
 * Bound: ``max_bytes`` over all segment files. ``drop-oldest`` deletes the oldest segment
   that is neither being written nor being shipped; ``drop-newest`` refuses the new record.
   A full disk (ENOSPC/EDQUOT) applies the same policy. Every dropped record is counted and
-  its sequence range handed to the pipeline (`take_losses`) for an ``events_lost`` document.
+  its sequence range handed to the loss ledger (`on_drop`) for an ``events_lost`` document.
   Loss reports may use a small reserve above ``max_bytes`` so that under ``drop-newest`` the
   report itself gets in.
 * The shipper reads only records already fsynced (with ``fsync: batch``): a document that
@@ -32,16 +32,15 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
-from typing import Literal
 
 import orjson
 
+from collector.delivery.loss import DroppedRange, DropReason, runs_of
+from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.settings import SpoolConfig
-from collector.metrics import EVENTS_LOST, REGISTRY
 
 MAGIC = b"ACSPOOL1"
 HEADER_SIZE = len(MAGIC)
@@ -53,22 +52,8 @@ ACK_FILE = "ack.json"
 SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-SPOOL_BYTES = REGISTRY.gauge("audit_collector_spool_bytes", "Bytes in spool segment files.")
-SPOOL_RECORDS = REGISTRY.gauge(
-    "audit_collector_spool_records", "Spooled records not yet acknowledged by Elasticsearch."
-)
-SPOOL_DROPPED = REGISTRY.counter(
-    "audit_collector_spool_dropped_total", "Records the spool dropped, by reason."
-)
-SPOOL_CORRUPT = REGISTRY.counter(
-    "audit_collector_spool_corrupt_bytes_total",
-    "Bytes skipped at open: torn tails and corrupt regions of segment files.",
-)
-
-# drop-oldest: deleted to make room; drop-newest: refused by policy; full: refused because
-# nothing could be deleted; corrupt: unreadable at open; write-error: an I/O error;
-# rejected: dead-lettered by Elasticsearch (reported through the same path).
-DropReason = Literal["drop-oldest", "drop-newest", "full", "corrupt", "write-error", "rejected"]
+# Told every run of records the spool lost (under the spool's lock: it must only queue).
+DropCallback = Callable[[list[DroppedRange]], None]
 
 
 @dataclass(frozen=True)
@@ -79,20 +64,6 @@ class Record:
     seq: int
     id: str
     data: bytes
-
-
-@dataclass
-class DroppedRange:
-    """A run of consecutive sequences the spool dropped, for one events_lost document."""
-
-    first_seq: int
-    last_seq: int
-    reason: DropReason
-    last_data: bytes = b""  # the last dropped document: its chain hash bridges the gap
-
-    @property
-    def count(self) -> int:
-        return self.last_seq - self.first_seq + 1
 
 
 @dataclass
@@ -144,35 +115,26 @@ def iter_records(buf: bytes, base: int, segment: int) -> Iterator[Record]:
 def _require_contiguous(batch: list[Record]) -> None:
     """An ack moves the cursor to the batch's last record: a hole would be acknowledged
     without being shipped. Fail loudly instead (the records stay in the spool)."""
-    for prev, rec in pairwise(batch):
+    for prev, rec in zip(batch, batch[1:]):
         same_segment = rec.segment == prev.segment and rec.offset == prev.end
         next_segment = rec.segment > prev.segment and rec.offset == HEADER_SIZE
         if not (same_segment or next_segment):
             raise ValueError(f"spool batch is not contiguous at sequence {rec.seq}")
 
 
-def _runs(records: list[Record], reason: DropReason) -> list[DroppedRange]:
-    """Split records (in sequence order) into runs of consecutive sequences."""
-    runs: list[DroppedRange] = []
-    for rec in records:
-        if runs and rec.seq == runs[-1].last_seq + 1:
-            runs[-1].last_seq, runs[-1].last_data = rec.seq, rec.data
-        else:
-            runs.append(DroppedRange(rec.seq, rec.seq, reason, rec.data))
-    return runs
-
-
 class Spool:
     """Thread-safe: the pipeline appends and flushes, the shipper reads and acknowledges."""
 
-    def __init__(self, cfg: SpoolConfig) -> None:
+    def __init__(self, cfg: SpoolConfig, on_drop: DropCallback | None = None,
+                 metrics: DeliveryMetrics | None = None) -> None:
         self._cfg = cfg
+        self._on_drop = on_drop or (lambda runs: None)
+        self._metrics = metrics or DeliveryMetrics()
         self._dir = Path(cfg.dir)
         self._lock = threading.Lock()
         self._data_ready = threading.Condition(self._lock)
         self._segments: dict[int, _Segment] = {}
         self._pinned: set[int] = set()
-        self._losses: list[DroppedRange] = []
         self._fd: int | None = None
         self._unacked_records = 0
         self._acked_seq = 0
@@ -182,8 +144,8 @@ class Spool:
         self.last_record: Record | None = scan.last_record
         self._record_losses(scan.losses)
         self._open_active()
-        SPOOL_BYTES.track(self, Spool._locked_total_bytes)
-        SPOOL_RECORDS.track(self, lambda spool: spool._unacked_records)
+        self._metrics.read_at_scrape(self._metrics.spool_bytes, self._locked_total_bytes)
+        self._metrics.read_at_scrape(self._metrics.spool_records, lambda: self._unacked_records)
 
     # ------------------------------------------------------------------ public API
 
@@ -200,7 +162,7 @@ class Spool:
                 if self._cfg.fsync == "none":
                     self._data_ready.notify_all()
                 return True
-            self._refuse(seq, data, refused)
+            self._record_losses([DroppedRange(seq, seq, refused, data)])
             return False
 
     def can_take(self, nbytes: int, report: bool = False) -> bool:
@@ -267,7 +229,7 @@ class Spool:
         last = batch[-1]
         with self._lock:
             self._pinned.clear()
-            if self._cursor_key(last.segment, last.end) <= self._cursor_key(*self._cursor):
+            if (last.segment, last.end) <= self._cursor:
                 return
             self._cursor = (last.segment, last.end)
             self._acked_seq = max(self._acked_seq, last.seq)
@@ -283,11 +245,6 @@ class Spool:
     def acked_seq(self) -> int:
         """Highest sequence acknowledged by this process (0 before the first ack)."""
         return self._acked_seq
-
-    def take_losses(self) -> list[DroppedRange]:
-        with self._lock:
-            losses, self._losses = self._losses, []
-            return losses
 
     def close(self) -> None:
         with self._lock:
@@ -333,7 +290,7 @@ class Spool:
         path = self._path(seg_id)
         buf = path.read_bytes()
         if buf[:HEADER_SIZE] != MAGIC:
-            SPOOL_CORRUPT.inc(len(buf))
+            self._metrics.spool_corrupt_bytes.inc(len(buf))
             self._unlink(path)
             return
         good_end = HEADER_SIZE
@@ -345,7 +302,7 @@ class Spool:
             if rec.offset >= acked_to:
                 self._unacked_records += 1
         if good_end < len(buf):
-            SPOOL_CORRUPT.inc(len(buf) - good_end)
+            self._metrics.spool_corrupt_bytes.inc(len(buf) - good_end)
             if is_newest:
                 self._truncate(path, good_end)  # torn tail: never durable, never shipped
             else:
@@ -502,30 +459,18 @@ class Spool:
     def _drop_segment(self, seg: _Segment) -> None:
         start = self._cursor[1] if seg.id == self._cursor[0] else HEADER_SIZE
         records = self._read_all(seg, start)
-        self._record_losses(_runs(records, "drop-oldest"))
+        self._record_losses(runs_of(((r.seq, r.data) for r in records), "drop-oldest"))
         self._unacked_records = max(0, self._unacked_records - len(records))
         del self._segments[seg.id]
         self._unlink(seg.path)
         if self._cursor[0] == seg.id:
             self._cursor = self._normalized_cursor()
 
-    def _refuse(self, seq: int, data: bytes, reason: DropReason) -> None:
-        last = self._losses[-1] if self._losses else None
-        if last is not None and last.reason == reason and last.last_seq + 1 == seq:
-            last.last_seq, last.last_data = seq, data
-            self._count_loss(1, reason)
-            return
-        self._record_losses([DroppedRange(seq, seq, reason, data)])
-
     def _record_losses(self, runs: list[DroppedRange]) -> None:
-        self._losses.extend(runs)
         for run in runs:
-            self._count_loss(run.count, run.reason)
-
-    @staticmethod
-    def _count_loss(count: int, reason: DropReason) -> None:
-        SPOOL_DROPPED.inc(count, reason=reason)
-        EVENTS_LOST.inc(count, kind="document", where="spool")
+            self._metrics.spool_dropped.labels(reason=run.reason).inc(run.count)
+        if runs:
+            self._on_drop(runs)
 
     # ------------------------------------------------------------------ reading and acks
 
@@ -578,10 +523,6 @@ class Spool:
         with open(seg.path, "rb") as handle:
             handle.seek(start)
             return handle.read(length)
-
-    @staticmethod
-    def _cursor_key(seg_id: int, offset: int) -> tuple[int, int]:
-        return seg_id, offset
 
     def _delete_acked_segments(self) -> None:
         if not self._segments:

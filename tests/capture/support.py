@@ -7,6 +7,7 @@ the collector never traces its own process.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -14,23 +15,38 @@ from typing import Any
 
 from collector.agent import Agent
 from collector.config import config_from_mapping
-from collector.ecs.host import detect_host
+from collector.delivery.chain import point_of
+from collector.delivery.loss import LossLedger
+from collector.delivery.metrics import DeliveryMetrics
+from collector.ecs.documents import events_lost_document
+from collector.ecs.host import HostInfo, detect_host
 
 Doc = dict[str, Any]
 
 
 class MemorySink:
-    def __init__(self) -> None:
+    """Documents in a list; ring-buffer losses through the real loss ledger."""
+
+    def __init__(self, host: HostInfo) -> None:
         self.docs: list[Doc] = []
         self._cond = threading.Condition()
+        self.losses = LossLedger(DeliveryMetrics(), functools.partial(events_lost_document, host),
+                                 point_of)
 
     def submit(self, doc: Doc) -> None:
         with self._cond:
             self.docs.append(doc)
             self._cond.notify_all()
 
+    def ringbuf_lost(self, grown: dict[str, int], total: int) -> None:
+        self.losses.ringbuf_lost(grown, total)
+
     def tick(self) -> None:
-        return
+        self.losses.report(self._write_report, track=False)
+
+    def _write_report(self, doc: Doc) -> int:
+        self.submit(doc)
+        return 0
 
     def close(self, timeout_s: float = 10.0) -> None:
         return
@@ -55,8 +71,9 @@ class RunningAgent:
     def __init__(self, capture: dict[str, Any] | None = None) -> None:
         self.cfg = config_from_mapping({"capture": {"poll_interval_ms": 20, **(capture or {})},
                                         "metrics": {"enabled": False}})
-        self.sink = MemorySink()
-        self.agent = Agent(self.cfg, detect_host(), self.sink)
+        host = detect_host()
+        self.sink = MemorySink(host)
+        self.agent = Agent(self.cfg, host, self.sink)
         self._thread = threading.Thread(target=self.agent.run, name="agent", daemon=True)
 
     def __enter__(self) -> RunningAgent:

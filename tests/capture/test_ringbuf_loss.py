@@ -26,6 +26,7 @@ def test_full_ring_buffer_is_reported_with_counts() -> None:
         assert lost_in_kernel["exec"] > 0
         agent.probes.poll(0)
         agent._report_losses()
+        running.sink.tick()  # the ledger's first round of reports
     finally:
         agent.probes.close()
     docs = running.sink.docs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,10 @@ import msgspec
 
 from collector.config import Config
 from collector.delivery.elasticsearch.settings import ElasticsearchConfig, RetryConfig
+from collector.delivery.metrics import DeliveryMetrics
+from collector.delivery.pipeline import Pipeline
 from collector.delivery.settings import BatchConfig, SpoolConfig
+from collector.ecs.documents import events_lost_document
 from collector.ecs.host import HostInfo
 
 HOST = HostInfo(name="test-host", id="0123456789abcdef0123456789abcdef", boot_id="b00t",
@@ -60,6 +64,17 @@ def make_config(
 def replace_es(cfg: Config, **changes: Any) -> Config:
     return msgspec.structs.replace(cfg, elasticsearch=msgspec.structs.replace(cfg.elasticsearch,
                                                                       **changes))
+
+
+def new_pipeline(cfg: Config, metrics: DeliveryMetrics | None = None, **kwargs: Any
+                 ) -> Pipeline:
+    """A pipeline for HOST whose loss reports are the ECS wing's events_lost documents."""
+    return Pipeline(cfg, HOST, functools.partial(events_lost_document, HOST), metrics=metrics,
+                    **kwargs)
+
+
+def metric(metrics: DeliveryMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 # --------------------------------------------------------------------------- ES test runs

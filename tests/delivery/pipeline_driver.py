@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from collector.delivery.pipeline import Pipeline
-from tests.delivery.helpers import HOST, make_config, synthetic_doc
+from tests.delivery.helpers import make_config, new_pipeline, synthetic_doc
 
 
 def main() -> int:
@@ -29,7 +28,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="documents/s (0: unpaced)")
     args = parser.parse_args()
     cfg = make_config(args.tmp, args.url, batch={"max_docs": 200, "max_wait_s": 0.05})
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     first = pipeline.sealer.head.seq + 1
     for n in range(args.start, args.start + args.count):
         pipeline.submit(synthetic_doc(n))

@@ -92,16 +92,15 @@ def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:
 
 def test_file_sink_only_pipeline_recovers_from_the_file(tmp_path: Path) -> None:
     """Without a spool, a lost state file is recovered from the sink's last line."""
-    from collector.delivery.pipeline import Pipeline
-    from tests.delivery.helpers import make_config
+    from tests.delivery.helpers import make_config, new_pipeline
 
     cfg = make_config(tmp_path)  # file output only
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     for n in range(10):
         pipeline.submit(synthetic_doc(n))
     pipeline.close()
     (Path(cfg.state_dir) / "chain.state").unlink()
-    again = Pipeline(cfg, HOST)
+    again = new_pipeline(cfg)
     again.submit(synthetic_doc(11))
     again.close()
     lines = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]

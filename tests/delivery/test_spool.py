@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from collector.delivery.loss import DroppedRange
+from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.settings import SpoolConfig
 from collector.delivery.spool import HEADER_SIZE, Spool
-from collector.metrics import REGISTRY
 
 PAYLOAD = b'{"event":{"sequence":%d},"pad":"' + b"p" * 200 + b'"}'
 
@@ -45,8 +46,33 @@ def segments(path: Path) -> list[Path]:
     return sorted(path.glob("seg-*.spool"))
 
 
-def dropped(reason: str) -> float:
-    return REGISTRY.counter("audit_collector_spool_dropped_total", "").get(reason=reason)
+class Drops:
+    """The spool's drop callback, merging contiguous runs of one reason as the ledger does."""
+
+    def __init__(self) -> None:
+        self.runs: list[DroppedRange] = []
+
+    def __call__(self, runs: list[DroppedRange]) -> None:
+        for run in runs:
+            last = self.runs[-1] if self.runs else None
+            if last and last.reason == run.reason and last.last_seq + 1 == run.first_seq:
+                last.last_seq, last.last_data = run.last_seq, run.last_data
+            else:
+                self.runs.append(DroppedRange(run.first_seq, run.last_seq, run.reason,
+                                              run.last_data))
+
+    def take(self) -> list[DroppedRange]:
+        runs, self.runs = self.runs, []
+        return runs
+
+
+def open_spool(cfg: SpoolConfig) -> tuple[Spool, Drops, DeliveryMetrics]:
+    drops, metrics = Drops(), DeliveryMetrics()
+    return Spool(cfg, drops, metrics), drops, metrics
+
+
+def sample(metrics: DeliveryMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def test_restart_resumes_at_first_unacknowledged_record(tmp_path: Path) -> None:
@@ -83,13 +109,10 @@ def test_torn_tail_is_cut_and_good_records_kept(tmp_path: Path) -> None:
     good_size = newest.stat().st_size
     with open(newest, "ab") as handle:  # half a record, as after SIGKILL mid-write
         handle.write(b"\xff\x00\x00\x00\x12\x34")
-    corrupt = REGISTRY.counter("audit_collector_spool_corrupt_bytes_total", "")
-    before = corrupt.total()
-
-    again = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
-    assert corrupt.total() - before == 6
+    again, drops, metrics = open_spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
+    assert sample(metrics, "audit_collector_spool_corrupt_bytes_total") == 6
     assert newest.stat().st_size == good_size
-    assert again.take_losses() == []
+    assert drops.take() == []
     fill(again, 51, 60)
     assert read_all(again) == list(range(1, 61))
 
@@ -103,8 +126,8 @@ def test_flipped_byte_in_older_segment_reports_the_unreadable_range(tmp_path: Pa
     raw[HEADER_SIZE + 20 * 250] ^= 0xFF  # somewhere around the 20th record
     oldest.write_bytes(bytes(raw))
 
-    again = Spool(spool_cfg(tmp_path))
-    losses = again.take_losses()
+    again, drops, _ = open_spool(spool_cfg(tmp_path))
+    losses = drops.take()
     seqs = read_all(again)
     assert len(losses) == 1 and losses[0].reason == "corrupt"
     lost = set(range(losses[0].first_seq, losses[0].last_seq + 1))
@@ -113,16 +136,17 @@ def test_flipped_byte_in_older_segment_reports_the_unreadable_range(tmp_path: Pa
 
 
 def test_drop_oldest_reports_exact_runs_and_spares_the_batch_in_flight(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path, max_bytes=64 << 10, segment_bytes=16 << 10))
-    before = dropped("drop-oldest")
+    spool, drops, metrics = open_spool(spool_cfg(tmp_path, max_bytes=64 << 10,
+                                                 segment_bytes=16 << 10))
     fill(spool, 1, 100)
     in_flight = spool.read_batch(10, 1 << 20)  # pins the oldest segment
     results = fill(spool, 101, 600)
     assert all(results)
-    losses = spool.take_losses()
+    losses = drops.take()
     lost = {s for loss in losses for s in range(loss.first_seq, loss.last_seq + 1)}
     assert all(loss.reason == "drop-oldest" for loss in losses)
-    assert dropped("drop-oldest") - before == len(lost)
+    assert sample(metrics, "audit_collector_spool_dropped_total", reason="drop-oldest") == \
+        len(lost)
     assert not lost & {r.seq for r in in_flight}
     assert losses[-1].last_data == PAYLOAD % losses[-1].last_seq
     spool.ack(in_flight)
@@ -132,12 +156,12 @@ def test_drop_oldest_reports_exact_runs_and_spares_the_batch_in_flight(tmp_path:
 
 
 def test_drop_newest_refuses_and_reports_one_run(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path, max_bytes=64 << 10, segment_bytes=16 << 10,
-                            full_policy="drop-newest"))
+    spool, drops, _ = open_spool(spool_cfg(tmp_path, max_bytes=64 << 10,
+                                           segment_bytes=16 << 10, full_policy="drop-newest"))
     results = fill(spool, 1, 600)
     accepted = [seq for seq, ok in zip(range(1, 601), results, strict=True) if ok]
     assert accepted == list(range(1, len(accepted) + 1))
-    [loss] = spool.take_losses()
+    [loss] = drops.take()
     assert (loss.first_seq, loss.last_seq, loss.reason) == (len(accepted) + 1, 600,
                                                             "drop-newest")
     assert spool.append(601, "report", b"{}", report=True)  # the reserve takes reports
@@ -163,10 +187,10 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 def test_full_disk_applies_the_policy(tmp_path: Path, policy: str) -> None:
     with small_tmpfs(tmp_path / "fs", "256k") as fs:
         # max_bytes above the file system size: ENOSPC comes first.
-        spool = Spool(spool_cfg(fs / "spool", max_bytes=8 << 20, segment_bytes=32 << 10,
-                                full_policy=policy))
+        spool, drops, _ = open_spool(spool_cfg(fs / "spool", max_bytes=8 << 20,
+                                               segment_bytes=32 << 10, full_policy=policy))
         results = fill(spool, 1, 2000)
-        losses = spool.take_losses()
+        losses = drops.take()
         lost = {s for loss in losses for s in range(loss.first_seq, loss.last_seq + 1)}
         accepted = {seq for seq, ok in zip(range(1, 2001), results, strict=True) if ok}
         kept = set(read_all(spool))
@@ -189,10 +213,10 @@ def test_start_on_a_full_disk_refuses_then_recovers(tmp_path: Path) -> None:
             while True:
                 handle.write(b"\0" * 4096)
                 handle.flush()
-        spool = Spool(spool_cfg(fs / "spool" if (fs / "spool").exists() else fs,
-                                full_policy="drop-newest"))
+        spool, drops, _ = open_spool(spool_cfg(fs / "spool" if (fs / "spool").exists() else fs,
+                                               full_policy="drop-newest"))
         assert fill(spool, 1, 3) == [False, False, False]
-        [loss] = spool.take_losses()
+        [loss] = drops.take()
         assert (loss.first_seq, loss.last_seq) == (1, 3)
         filler.unlink()
         assert fill(spool, 4, 5) == [True, True]

@@ -10,8 +10,9 @@ each item's outcome is handled here (not by helpers.bulk):
   ``retry.item_attempts`` rounds; then the batch is released and read again from the spool
   after a pause. Never dropped.
 * other 4xx per item (mapping and parsing errors): written to the dead-letter NDJSON file
-  with the server's reason and status, counted, and reported to the pipeline so that an
-  ``events_lost`` document explains the missing sequence.
+  with the server's reason and status, counted, and handed to the loss ledger (`on_reject`)
+  so that an ``events_lost`` document explains the missing sequence. A record is settled
+  only once its dead letter is on disk; until then it stays in the spool.
 * whole-request failures (connection errors, timeouts, any HTTP error status) are retried by
   tenacity with exponential backoff, jitter and a cap, for as long as the process lives; the
   waits end at once when the shipper is stopped. A 413 splits the batch in halves.
@@ -26,7 +27,8 @@ import logging
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,32 +45,15 @@ from tenacity import (
 )
 
 from collector.delivery.elasticsearch.batching import BatchWindow
+from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.settings import DeliverySettings
-from collector.delivery.spool import DroppedRange, Record, Spool
-from collector.metrics import DOCUMENTS_EMITTED, REGISTRY
+from collector.delivery.spool import Record, Spool
 
 log = logging.getLogger(__name__)
 
-SHIPPED = REGISTRY.counter(
-    "audit_collector_shipped_documents_total", "Documents stored by Elasticsearch (201)."
-)
-DUPLICATES = REGISTRY.counter(
-    "audit_collector_shipped_duplicates_total",
-    "Documents Elasticsearch already had (409 on create): replays after a crash or retry.",
-)
-DEAD_LETTERED = REGISTRY.counter(
-    "audit_collector_dead_letters_total", "Documents rejected by Elasticsearch (dead-lettered)."
-)
-RETRIES = REGISTRY.counter(
-    "audit_collector_bulk_retries_total",
-    "Retries: whole bulk requests (kind=request) and rejected items (kind=item).",
-)
-BULK_LATENCY = REGISTRY.summary(
-    "audit_collector_bulk_latency_seconds", "Time of _bulk requests that got a response."
-)
-ES_REACHABLE = REGISTRY.gauge(
-    "audit_collector_elasticsearch_reachable", "1 when the last request got an HTTP response."
-)
+# Told the (sequence, document) of records Elasticsearch rejected, once they are
+# dead-lettered.
+RejectCallback = Callable[[list[tuple[int, bytes]]], None]
 RETRY_ITEM_STATUSES = frozenset({429})
 # Item errors about the cluster, not the document: retried like 429, never dead-lettered.
 RETRY_ITEM_ERRORS = frozenset({
@@ -106,15 +91,6 @@ def _item_retriable(status: int, error: Any) -> bool:
     return isinstance(error, dict) and error.get("type") in RETRY_ITEM_ERRORS
 
 
-def _is_loss_report(data: bytes) -> bool:
-    if b"events_lost" not in data:
-        return False
-    try:
-        return orjson.loads(data).get("event", {}).get("action") == "events_lost"
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-
-
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, TransportError | ApiError | _BadResponse)
 
@@ -123,11 +99,6 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, ApiError):
         return f"HTTP {exc.meta.status} {exc.message}"
     return f"{type(exc).__name__}: {exc}" if exc else "unknown error"
-
-
-def set_reachable(reachable: bool) -> None:
-    ES_REACHABLE.set(1 if reachable else 0)
-    REGISTRY.health["elasticsearch_reachable"] = reachable
 
 
 class DeadLetterFile:
@@ -141,9 +112,10 @@ class DeadLetterFile:
     def path(self) -> Path:
         return self._path
 
-    def write(self, rec: Record, status: int, error: Any) -> None:
+    def write(self, rec: Record, status: int, error: Any) -> bool:
+        """Append one rejected document durably; False when it could not be written."""
         line = orjson.dumps({
-            "@timestamp": datetime.now(UTC).isoformat(),
+            "@timestamp": datetime.now(timezone.utc).isoformat(),
             "status": status,
             "error": error,
             "_id": rec.id,
@@ -158,15 +130,21 @@ class DeadLetterFile:
                     handle.flush()
                     os.fsync(handle.fileno())
             except OSError as exc:
-                log.error("cannot write dead letter %s to %s: %s", rec.id, self._path,
-                          exc.strerror)
+                log.error("cannot write dead letter %s to %s: %s; the document stays in the "
+                          "spool", rec.id, self._path, exc.strerror)
+                return False
+        return True
 
 
 class Shipper:
     """Ships the spool to Elasticsearch from a daemon thread."""
 
-    def __init__(self, cfg: DeliverySettings, spool: Spool, client: Elasticsearch) -> None:
+    def __init__(self, cfg: DeliverySettings, spool: Spool, client: Elasticsearch,
+                 on_reject: RejectCallback | None = None,
+                 metrics: DeliveryMetrics | None = None) -> None:
         es = cfg.elasticsearch
+        self._on_reject = on_reject or (lambda records: None)
+        self._metrics = metrics or DeliveryMetrics()
         self._spool = spool
         self._client = client
         self._index = es.data_stream
@@ -176,8 +154,6 @@ class Shipper:
         self.dead_letters = DeadLetterFile(Path(dead_letter))
         self._stop = threading.Event()
         self._draining = threading.Event()
-        self._rejected: list[DroppedRange] = []
-        self._rejected_lock = threading.Lock()
         # Ids already settled in a batch that had to be released: not sent again.
         self._settled: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="shipper", daemon=True)
@@ -203,12 +179,6 @@ class Shipper:
         self._stop.set()
         self._spool.wake()
         self._thread.join(timeout_s)
-
-    def take_rejections(self) -> list[DroppedRange]:
-        """Sequence runs dead-lettered since the last call (for events_lost documents)."""
-        with self._rejected_lock:
-            taken, self._rejected = self._rejected, []
-            return taken
 
     # ------------------------------------------------------------------ main loop
 
@@ -262,7 +232,7 @@ class Shipper:
             if not pending:
                 return True
             rounds += 1
-            RETRIES.inc(len(pending), kind="item")
+            self._metrics.retries.labels(kind="item").inc(len(pending))
             if rounds >= self._retry.item_attempts:
                 log.warning("shipper: %d documents still rejected after %d rounds; the batch "
                             "will be retried", len(pending), rounds)
@@ -274,9 +244,8 @@ class Shipper:
 
     def _deliver_halves(self, records: list[Record]) -> bool:
         if len(records) == 1:
-            self._reject([(records[0], TOO_LARGE, {"type": "request_too_large",
-                                                   "reason": "document over the bulk limit"})])
-            return True
+            return not self._reject([(records[0], TOO_LARGE, {
+                "type": "request_too_large", "reason": "document over the bulk limit"})])
         middle = len(records) // 2
         return self._deliver(records[:middle]) and self._deliver(records[middle:])
 
@@ -303,9 +272,8 @@ class Shipper:
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
-    @staticmethod
-    def _note_request_retry(state: RetryCallState) -> None:
-        RETRIES.inc(kind="request")
+    def _note_request_retry(self, state: RetryCallState) -> None:
+        self._metrics.retries.labels(kind="request").inc()
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning("bulk request failed (%s); attempt %d, retrying in %.2fs",
@@ -318,15 +286,15 @@ class Shipper:
         try:
             response = self._client.bulk(index=self._index, operations=body)
         except ApiError as exc:
-            set_reachable(True)
+            self._metrics.set_reachable(True)
             if exc.meta.status == TOO_LARGE:
                 raise _TooLarge from exc
             raise
         except TransportError:
-            set_reachable(False)
+            self._metrics.set_reachable(False)
             raise
-        BULK_LATENCY.observe(time.monotonic() - started)
-        set_reachable(True)
+        self._metrics.bulk_latency.observe(time.monotonic() - started)
+        self._metrics.set_reachable(True)
         items = response.body.get("items") if isinstance(response.body, dict) else None
         if not isinstance(items, list) or len(items) != count:
             raise _BadResponse("bulk response does not list every item")
@@ -353,30 +321,24 @@ class Shipper:
                 rejected.append((rec, status, result.get("error")))
                 continue
             self._settled.add(rec.id)
-        SHIPPED.inc(stored)
-        DOCUMENTS_EMITTED.inc(stored, output="elasticsearch")
-        DUPLICATES.inc(duplicates)
-        self._reject(rejected)
-        return retry
+        self._metrics.shipped.inc(stored)
+        self._metrics.documents.labels(output="elasticsearch").inc(stored)
+        self._metrics.duplicates.inc(duplicates)
+        return retry + self._reject(rejected)
 
-    def _reject(self, rejected: list[tuple[Record, int, Any]]) -> None:
-        if not rejected:
-            return
-        runs: list[DroppedRange] = []
+    def _reject(self, rejected: list[tuple[Record, int, Any]]) -> list[Record]:
+        """Dead-letter rejected records; those whose dead letter could not be written are
+        returned, unsettled (they stay in the spool and are tried again)."""
+        written: list[Record] = []
+        unwritten: list[Record] = []
         for rec, status, error in rejected:
-            self.dead_letters.write(rec, status, error)
-            self._settled.add(rec.id)
-            if _is_loss_report(rec.data):
-                # Reporting a rejected report would be rejected again: a loop. The dead
-                # letter file and the counter are its record.
-                log.error("events_lost document %s rejected (HTTP %d): %s", rec.id, status,
-                          error)
-                continue
-            if runs and runs[-1].last_seq + 1 == rec.seq:
-                runs[-1].last_seq, runs[-1].last_data = rec.seq, rec.data
+            if self.dead_letters.write(rec, status, error):
+                self._settled.add(rec.id)
+                written.append(rec)
             else:
-                runs.append(DroppedRange(rec.seq, rec.seq, "rejected", rec.data))
-        DEAD_LETTERED.inc(len(rejected))
-        with self._rejected_lock:
-            self._rejected.extend(runs)
+                unwritten.append(rec)
+        if written:
+            self._metrics.dead_letters.inc(len(written))
+            self._on_reject([(rec.seq, rec.data) for rec in written])
+        return unwritten
 

@@ -21,14 +21,15 @@ import pytest
 from collector.config import Config
 from collector.delivery.elasticsearch.index import setup_cluster
 from collector.delivery.elasticsearch.verify import run_verify
-from collector.delivery.pipeline import Pipeline
-from collector.metrics import REGISTRY
+from collector.delivery.metrics import DeliveryMetrics
 from tests.delivery.helpers import (
     HOST,
     Run,
     dead_letter_ids,
     doc_id,
     make_config,
+    metric,
+    new_pipeline,
     split_stored,
     stored,
     submit_docs,
@@ -46,13 +47,9 @@ def server() -> Iterator[ESTestServer]:
         yield srv
 
 
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.counter(name, "").get(**labels)
-
-
 def deliver(cfg: Config, count: int, during: Callable[[], None] | None = None,
-            close_s: float = 60.0) -> Run:
-    pipeline = Pipeline(cfg, HOST)
+            close_s: float = 60.0, metrics: DeliveryMetrics | None = None) -> Run:
+    pipeline = new_pipeline(cfg, metrics)
     run = submit_docs(pipeline, count)
     if during is not None:
         during()
@@ -82,19 +79,19 @@ def assert_verify_clean(cfg: Config) -> str:
 def test_whole_request_errors_are_retried(server: ESTestServer, tmp_path: Path,
                                           status: int) -> None:
     server.fail_requests(status, requests=4)
-    before = counter("audit_collector_bulk_retries_total", kind="request")
-    run = deliver(make_config(tmp_path, server.url), 1200)
+    metrics = DeliveryMetrics()
+    run = deliver(make_config(tmp_path, server.url), 1200, metrics=metrics)
     assert_exactly_once(server, run)
-    assert counter("audit_collector_bulk_retries_total", kind="request") - before == 4
+    assert metric(metrics, "audit_collector_bulk_retries_total", kind="request") == 4
     assert server.counter(f"responses.{status}") == 4
 
 
 def test_item_429_is_retried_until_stored(server: ESTestServer, tmp_path: Path) -> None:
     server.fail_items(429, every=3, requests=3)
-    before = counter("audit_collector_bulk_retries_total", kind="item")
-    run = deliver(make_config(tmp_path, server.url), 1500)
+    metrics = DeliveryMetrics()
+    run = deliver(make_config(tmp_path, server.url), 1500, metrics=metrics)
     assert_exactly_once(server, run)
-    assert counter("audit_collector_bulk_retries_total", kind="item") - before > 0
+    assert metric(metrics, "audit_collector_bulk_retries_total", kind="item") > 0
     assert server.counter("bulk.items.status.429") > 0
 
 
@@ -103,20 +100,21 @@ def test_item_429_beyond_item_attempts_retries_the_batch_later(
 ) -> None:
     server.fail_items(429, positions=[0], requests=8)  # first item refused 8 times running
     cfg = make_config(tmp_path, server.url, retry={"item_attempts": 3, "max_s": 0.1})
-    dup_before = counter("audit_collector_shipped_duplicates_total")
-    run = deliver(cfg, 400)
+    metrics = DeliveryMetrics()
+    run = deliver(cfg, 400, metrics=metrics)
     assert_exactly_once(server, run)
     # Released batches are read again; items settled before are not resent.
-    assert counter("audit_collector_shipped_duplicates_total") - dup_before == 0
+    assert metric(metrics, "audit_collector_shipped_duplicates_total") == 0
+    assert metric(metrics, "audit_collector_shipped_documents_total") == 400
 
 
 def test_responses_slower_than_the_client_timeout(server: ESTestServer, tmp_path: Path) -> None:
     server.delay_responses(1.5, requests=2)  # applied, answered after the client gave up
     cfg = make_config(tmp_path, server.url, es={"request_timeout_s": 0.5})
-    dup_before = counter("audit_collector_shipped_duplicates_total")
-    run = deliver(cfg, 1000)
+    metrics = DeliveryMetrics()
+    run = deliver(cfg, 1000, metrics=metrics)
     assert_exactly_once(server, run)
-    dups = counter("audit_collector_shipped_duplicates_total") - dup_before
+    dups = metric(metrics, "audit_collector_shipped_duplicates_total")
     # The server also answered 409s inside responses that arrived after the timeout.
     assert 0 < dups <= server.counter("bulk.items.conflict")
 
@@ -134,10 +132,11 @@ def test_connection_reset_around_the_bulk(server: ESTestServer, tmp_path: Path,
 
 def test_server_down_for_seconds(server: ESTestServer, tmp_path: Path) -> None:
     server.down_on_request(2.0)
-    run = deliver(make_config(tmp_path, server.url), 1500)
+    metrics = DeliveryMetrics()
+    run = deliver(make_config(tmp_path, server.url), 1500, metrics=metrics)
     assert_exactly_once(server, run)
     assert server.counter("server.down") == 1
-    assert REGISTRY.health["elasticsearch_reachable"] is True
+    assert metrics.es_reachable_state is True
 
 
 def test_backlog_of_mixed_sizes_in_byte_cut_batches(server: ESTestServer, tmp_path: Path) -> None:
@@ -147,7 +146,7 @@ def test_backlog_of_mixed_sizes_in_byte_cut_batches(server: ESTestServer, tmp_pa
     server.down_on_request(1.0)  # the backlog builds up while the server is away
     cfg = make_config(tmp_path, server.url, spool={"segment_bytes": 64 << 10},
                       batch={"max_docs": 1000, "max_bytes": 24 << 10})
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     pads = [0, 40, 2500, 300, 6000]
     seqs = []
     for n in range(3000):
@@ -203,12 +202,13 @@ def test_mixed_random_faults(server: ESTestServer, tmp_path: Path) -> None:
 def test_elasticsearch_down_30s_then_up(server: ESTestServer, tmp_path: Path) -> None:
     cfg = make_config(tmp_path, server.url, retry={"initial_s": 0.5, "max_s": 5.0})
     server.go_down(30.0)
-    pipeline = Pipeline(cfg, HOST)
+    metrics = DeliveryMetrics()
+    pipeline = new_pipeline(cfg, metrics)
     run = submit_docs(pipeline, 3000)
     for _ in range(100):  # keep capturing while the cluster is away
         pipeline.tick()
         time.sleep(0.1)
-    assert REGISTRY.health["elasticsearch_reachable"] is False
+    assert metrics.es_reachable_state is False
     assert server.doc_count("logs-*") == 0
     pipeline.close(60)
     assert_exactly_once(server, run)
@@ -297,9 +297,8 @@ def test_spool_on_full_tmpfs_reports_exact_losses(server: ESTestServer, tmp_path
             "dir": str(fs / "spool"), "max_bytes": 64 << 20, "segment_bytes": 128 << 10,
             "full_policy": policy})
         server.go_down()
-        lost_before = counter("audit_collector_events_lost_total", kind="document",
-                              where="spool")
-        pipeline = Pipeline(cfg, HOST)
+        metrics = DeliveryMetrics()
+        pipeline = new_pipeline(cfg, metrics)
         run = submit_docs(pipeline, 8000, pad=300)  # ~5 MB: more than the file system
         for _ in range(15):
             pipeline.tick()
@@ -317,8 +316,8 @@ def test_spool_on_full_tmpfs_reports_exact_losses(server: ESTestServer, tmp_path
     # Every submitted document is either stored or inside a reported range, never both.
     assert set(synthetic) | (reported_ids & set(run.ids)) == set(run.ids)
     assert not set(synthetic) & reported_ids
-    dropped = counter("audit_collector_events_lost_total", kind="document",
-                      where="spool") - lost_before
+    dropped = metric(metrics, "audit_collector_events_lost_total", kind="document",
+                     where="spool")
     assert dropped == len(reported)
     print(f"\n{policy}: {len(synthetic)} stored, {len(reported)} dropped and reported in "
           f"{len(reports)} events_lost documents")

@@ -17,14 +17,15 @@ from collector.delivery.elasticsearch.client import _tls_options, build_client
 from collector.delivery.elasticsearch.index import setup_cluster
 from collector.delivery.elasticsearch.settings import ClusterConfigError
 from collector.delivery.elasticsearch.shipper import _item_retriable
-from collector.delivery.pipeline import Pipeline
+from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.spool import Spool
-from collector.metrics import REGISTRY
 from tests.delivery.helpers import (
     DATA_STREAM,
-    HOST,
     dead_letter_ids,
+    doc_id,
     make_config,
+    metric,
+    new_pipeline,
     split_stored,
     stored,
     submit_docs,
@@ -38,26 +39,23 @@ def server() -> Iterator[ESTestServer]:
         yield srv
 
 
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.counter(name, "").get(**labels)
-
-
 def test_every_document_stored_once_under_its_deterministic_id(
     server: ESTestServer, tmp_path: Path
 ) -> None:
     cfg = make_config(tmp_path, server.url)
     assert setup_cluster(cfg) == 0
-    shipped_before = metric("audit_collector_shipped_documents_total")
-    pipeline = Pipeline(cfg, HOST)
+    metrics = DeliveryMetrics()
+    pipeline = new_pipeline(cfg, metrics)
     run = submit_docs(pipeline, 2500)
     pipeline.close(30)
     docs = stored(server)
     assert sorted(docs) == sorted(run.ids)
     assert [docs[i]["event"]["sequence"] for i in run.ids] == run.seqs
     assert run.seqs == list(range(run.seqs[0], run.seqs[0] + 2500))
-    assert metric("audit_collector_shipped_documents_total") - shipped_before == 2500
+    assert metric(metrics, "audit_collector_shipped_documents_total") == 2500
+    assert metric(metrics, "audit_collector_documents_total", output="elasticsearch") == 2500
     assert server.counter("bulk.items.created") == 2500
-    assert REGISTRY.health["elasticsearch_reachable"] is True
+    assert metrics.es_reachable_state is True
     assert Spool(cfg.spool).pending() == (0, 0)
 
 
@@ -65,16 +63,16 @@ def test_replayed_records_are_409_duplicates_not_copies(
     server: ESTestServer, tmp_path: Path
 ) -> None:
     cfg = make_config(tmp_path, server.url)
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     run = submit_docs(pipeline, 300)
     pipeline.close(30)
     # Forget every acknowledgement, as if the collector died before writing the ack file.
     (Path(cfg.spool.dir) / "ack.json").unlink()
-    dup_before = metric("audit_collector_shipped_duplicates_total")
-    replay = Pipeline(cfg, HOST)
+    metrics = DeliveryMetrics()
+    replay = new_pipeline(cfg, metrics)
     replay.close(30)
     # The spool keeps its newest segment, so all 300 records are sent again: all 409.
-    assert metric("audit_collector_shipped_duplicates_total") - dup_before == 300
+    assert metric(metrics, "audit_collector_shipped_duplicates_total") == 300
     assert sorted(stored(server)) == sorted(run.ids)
 
 
@@ -86,8 +84,8 @@ def test_mapping_errors_go_to_the_dead_letter_file_and_are_reported(
     server.mapping_errors(predicate=lambda item: item.source is not None
                           and item.source.get("process", {}).get("pid", 1) % 50 == 7,
                           reason="failed to parse field [process.pid]")
-    dead_before = metric("audit_collector_dead_letters_total")
-    pipeline = Pipeline(cfg, HOST)
+    metrics = DeliveryMetrics()
+    pipeline = new_pipeline(cfg, metrics)
     run = submit_docs(pipeline, 1000)
     pipeline.close(30)
     rejected = [i for n, i in enumerate(run.ids) if (1000 + n) % 50 == 7]
@@ -95,7 +93,9 @@ def test_mapping_errors_go_to_the_dead_letter_file_and_are_reported(
     assert len(rejected) == 20
     assert sorted(synthetic) == sorted(set(run.ids) - set(rejected))
     assert sorted(dead_letter_ids(cfg)) == sorted(rejected)
-    assert metric("audit_collector_dead_letters_total") - dead_before == 20
+    assert metric(metrics, "audit_collector_dead_letters_total") == 20
+    assert metric(metrics, "audit_collector_events_lost_total", kind="document",
+                  where="dead_letter") == 20
     line = orjson.loads(Path(cfg.elasticsearch.dead_letter_file or "").read_bytes()
                         .splitlines()[0])
     assert line["status"] == 400 and "process.pid" in orjson.dumps(line["error"]).decode()
@@ -107,7 +107,7 @@ def test_mapping_errors_go_to_the_dead_letter_file_and_are_reported(
 
 def test_bulk_body_uses_create_and_the_data_stream(server: ESTestServer, tmp_path: Path) -> None:
     cfg = make_config(tmp_path, server.url)
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     submit_docs(pipeline, 10)
     pipeline.close(30)
     bulks = [r for r in server.request_log if r.endpoint == "bulk"]
@@ -136,7 +136,7 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
     for gzip in (True, False):
         server.reset()
         cfg = make_config(tmp_path / str(gzip), server.url, es={"gzip": gzip})
-        pipeline = Pipeline(cfg, HOST)
+        pipeline = new_pipeline(cfg)
         submit_docs(pipeline, 500)
         pipeline.close(30)
         sizes[gzip] = sum(r.bytes_in for r in server.request_log if r.endpoint == "bulk")
@@ -151,7 +151,7 @@ def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_p
     for level in (1, 9):
         server.reset()
         cfg = make_config(tmp_path / str(level), server.url, es={"gzip_level": level})
-        pipeline = Pipeline(cfg, HOST)
+        pipeline = new_pipeline(cfg)
         submit_docs(pipeline, 500, pad=300)
         pipeline.close(30)
         bulks = [r for r in server.request_log if r.endpoint == "bulk"]
@@ -186,7 +186,7 @@ def test_throughput(external_server: str, tmp_path: Path, gzip: bool) -> None:
     count = 30000
     cfg = make_config(tmp_path, external_server, es={"gzip": gzip, "dataset": f"tp{int(gzip)}"},
                       batch={"max_docs": 1000, "max_wait_s": 1.0})
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     started = time.monotonic()
     submit_docs(pipeline, count, tick_every=500)
     submitted = time.monotonic() - started
@@ -232,7 +232,7 @@ def test_item_errors_about_the_cluster_are_retried_not_dead_lettered(
 ) -> None:
     server.fail_items(503, every=2, requests=3)  # unavailable_shards_exception per item
     cfg = make_config(tmp_path, server.url)
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     run = submit_docs(pipeline, 300)
     pipeline.close(30)
     assert sorted(stored(server)) == sorted(run.ids)
@@ -250,3 +250,34 @@ def test_item_errors_about_the_cluster_are_retried_not_dead_lettered(
 ])
 def test_item_outcome_classification(status: int, error_type: str, retried: bool) -> None:
     assert _item_retriable(status, {"type": error_type, "reason": "x"}) is retried
+
+
+def test_rejected_documents_stay_spooled_until_their_dead_letter_is_written(
+    server: ESTestServer, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("the dead letter directory cannot be created under a file")
+    cfg = make_config(tmp_path, server.url, es={"dead_letter_file": str(blocker / "dl.ndjson")},
+                      retry={"item_attempts": 2, "max_s": 0.05})
+    setup_cluster(cfg)
+    server.mapping_errors(predicate=lambda item: item.source is not None
+                          and item.source.get("process", {}).get("pid", 1) % 10 == 3)
+    metrics = DeliveryMetrics()
+    pipeline = new_pipeline(cfg, metrics)
+    run = submit_docs(pipeline, 100)
+    pipeline.close(2)
+    rejected = [i for n, i in enumerate(run.ids) if (1000 + n) % 10 == 3]
+    assert metric(metrics, "audit_collector_dead_letters_total") == 0
+    assert Spool(cfg.spool).pending()[0] >= len(rejected)  # not acknowledged: not lost
+
+    blocker.unlink()
+    blocker.mkdir()
+    again = new_pipeline(cfg)
+    again.close(30)
+    assert sorted(dead_letter_ids(cfg)) == sorted(rejected)
+    synthetic, lost = split_stored(server)
+    assert sorted(synthetic) == sorted(set(run.ids) - set(rejected))
+    reported = {s for d in lost.values() for s in range(
+        d["audit_collector"]["lost"]["first_sequence"],
+        d["audit_collector"]["lost"]["last_sequence"] + 1)}
+    assert {doc_id(s) for s in reported} == set(rejected)

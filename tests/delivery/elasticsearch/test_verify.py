@@ -14,8 +14,14 @@ from collector.config import Config
 from collector.delivery.chain import ChainPoint, Sealer, chain_hash, content_bytes
 from collector.delivery.elasticsearch.client import build_client
 from collector.delivery.elasticsearch.verify import LossReport, run_verify, verify_documents
-from collector.delivery.pipeline import Pipeline
-from tests.delivery.helpers import DATA_STREAM, HOST, doc_id, make_config, submit_docs
+from tests.delivery.helpers import (
+    DATA_STREAM,
+    HOST,
+    doc_id,
+    make_config,
+    new_pipeline,
+    submit_docs,
+)
 from tests.esserver import ESTestServer
 
 
@@ -33,7 +39,7 @@ def verify(cfg: Config) -> tuple[int, str]:
 
 def ship(server: ESTestServer, tmp_path: Path, count: int = 50) -> tuple[Config, list[int]]:
     cfg = make_config(tmp_path, server.url)
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     run = submit_docs(pipeline, count)
     pipeline.close(30)
     return cfg, run.seqs
@@ -115,7 +121,7 @@ def test_reported_loss_is_an_explained_gap(server: ESTestServer, tmp_path: Path)
     cfg = make_config(tmp_path, server.url)
     server.mapping_errors(predicate=lambda item: item.source is not None
                           and item.source.get("process", {}).get("pid") in (1010, 1011))
-    pipeline = Pipeline(cfg, HOST)
+    pipeline = new_pipeline(cfg)
     run = submit_docs(pipeline, 40)
     pipeline.close(30)
     status, out = verify(cfg)
