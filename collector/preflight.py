@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from collector.capture import bashfind
-from collector.checks import CheckResult
 from collector.config import Config, outputs_of
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    # A failed fatal check means the collector cannot run; a non-fatal one is a warning.
+    fatal: bool = True
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else ("FAIL" if self.fatal else "warn")
+        return f"[{mark}] {self.name}: {self.detail}"
+
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -188,10 +202,40 @@ def check_outputs(cfg: Config) -> list[CheckResult]:
         elif output.kind == "stdout":
             results.append(CheckResult("output stdout", True, "ok"))
     if any(o.kind == "elasticsearch" for o in outputs_of(cfg)):
-        from collector.delivery.elasticsearch.index import check_cluster
-
         results.extend(check_cluster(cfg))
     return results
+
+
+CLUSTER_TIMEOUT_S = 5.0
+TEMPLATE_STATES = {
+    "current": (True, "{name} installed and current"),
+    "outdated": (False, "{name} differs from this collector's (run audit-collector setup)"),
+    "missing": (False, "{name} is not installed (run audit-collector setup)"),
+}
+
+
+def check_cluster(cfg: Config) -> list[CheckResult]:
+    """Reachability (with version) and whether the template is installed and current."""
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    from collector.delivery.elasticsearch import index
+    from collector.delivery.elasticsearch.client import build_client
+    from collector.delivery.elasticsearch.settings import ClusterConfigError
+
+    try:
+        client = build_client(cfg, request_timeout_s=CLUSTER_TIMEOUT_S)
+    except ClusterConfigError as exc:
+        return [CheckResult("elasticsearch", False, str(exc))]
+    try:
+        version = index.cluster_version(client)
+        ok, detail = TEMPLATE_STATES[index.template_state(client, cfg)]
+        return [CheckResult("elasticsearch reachable", True, f"version {version}"),
+                CheckResult("index template", ok, detail.format(name=index.template_name(cfg)))]
+    except (ApiError, TransportError) as exc:
+        return [CheckResult("elasticsearch", False, index.error_text(exc))]
+    finally:
+        client.close()
 
 
 def check_load(cfg: Config) -> CheckResult:

@@ -34,14 +34,12 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch, NotFoundError
 
 from collector import __version__
-from collector.checks import CheckResult
 from collector.delivery.elasticsearch.client import build_client
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 from collector.fields import FIELDS
 
 TEMPLATE_PRIORITY = 200
 KEYWORD_IGNORE_ABOVE = 1024
-CHECK_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------- bodies
@@ -195,49 +193,32 @@ def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None) -> int:
         status = _ensure_data_stream(client, cfg, template_changed)
         print(f"data stream {cfg.elasticsearch.data_stream}: {status}", file=out)
     except (ApiError, TransportError) as exc:
-        print(f"setup failed: {_error_text(exc)}", file=out)
+        print(f"setup failed: {error_text(exc)}", file=out)
         return 1
     finally:
         client.close()
     return 0
 
 
-def _error_text(exc: Exception) -> str:
-    if isinstance(exc, ApiError):
-        return f"HTTP {exc.meta.status}: {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
-
-
 # --------------------------------------------------------------------------- check
 
 
-def check_cluster(cfg: ClusterSettings) -> list[CheckResult]:
-    """Reachability (with version) and whether the template is installed and current."""
-    try:
-        client = build_client(cfg, request_timeout_s=CHECK_TIMEOUT_S)
-    except ClusterConfigError as exc:
-        return [CheckResult("elasticsearch", False, str(exc))]
-    try:
-        return [_check_reachable(client), _check_template(client, cfg)]
-    except (ApiError, TransportError) as exc:
-        return [CheckResult("elasticsearch", False, _error_text(exc))]
-    finally:
-        client.close()
-
-
-def _check_reachable(client: Elasticsearch) -> CheckResult:
+def cluster_version(client: Elasticsearch) -> str:
     info = client.info().body
-    version = (info.get("version") or {}).get("number", "unknown")
-    return CheckResult("elasticsearch reachable", True, f"version {version}")
+    return str((info.get("version") or {}).get("number", "unknown"))
 
 
-def _check_template(client: Elasticsearch, cfg: ClusterSettings) -> CheckResult:
-    name = template_name(cfg)
-    found = _get_template(client, name)
+def template_state(client: Elasticsearch, cfg: ClusterSettings) -> str:
+    """"current", "outdated" (not this collector's) or "missing"."""
+    found = _get_template(client, template_name(cfg))
     if found is None:
-        return CheckResult("index template", False,
-                           f"{name} is not installed (run audit-collector setup)")
+        return "missing"
     if _installed_hash(found) != template_body(cfg)["_meta"]["content_hash"]:
-        return CheckResult("index template", False,
-                           f"{name} differs from this collector's (run audit-collector setup)")
-    return CheckResult("index template", True, f"{name} installed and current")
+        return "outdated"
+    return "current"
+
+
+def error_text(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.meta.status}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"

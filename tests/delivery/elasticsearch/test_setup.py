@@ -12,12 +12,12 @@ import msgspec
 import pytest
 
 from collector.delivery.elasticsearch.index import (
-    check_cluster,
     field_properties,
     setup_cluster,
     template_body,
 )
 from collector.fields import FIELDS
+from collector.preflight import check_cluster
 from tests.delivery.helpers import DATA_STREAM, make_config
 from tests.esserver import ESTestServer
 
