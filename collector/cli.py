@@ -112,8 +112,14 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from collector.ecs.documents import events_lost_document
     from collector.ecs.host import detect_host
     from collector.metrics import Metrics, MetricsServer
+    from collector.preflight import blocking_problem
 
     started = time.monotonic()
+    problem = blocking_problem(cfg)
+    if problem is not None:
+        print(f"audit-collector: cannot run here: {problem.name}: {problem.detail} "
+              "(`audit-collector check` lists every requirement)", file=sys.stderr)
+        return EXIT_FAILED
     keep_large_buffers_mmapped()
     host = detect_host(cfg.host.name)
     metrics = Metrics(config_digest(args.config))

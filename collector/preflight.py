@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from collector.capture import bashfind
-from collector.config import Config, outputs_of
+from collector.config import Config, outputs_of, parse_listen
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ def check_privileges(caps: int | None = None, paranoid: int | None = None) -> Ch
         return CheckResult("privileges", True, f"euid {os.geteuid()}, CAP_SYS_ADMIN present")
     if not (has(CAP_BPF) and has(CAP_PERFMON)):
         return CheckResult("privileges", False,
-                           "needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE); "
-                           "run as root")
+                           "needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_ADMIN under "
+                           "kernel.perf_event_paranoid > 2); run as root")
     paranoid = _perf_event_paranoid() if paranoid is None else paranoid
     if paranoid is not None and paranoid > 2:
         # Debian and Ubuntu patch level 3 in: perf_event_open (tracepoints, uprobes) then
@@ -76,6 +77,14 @@ def check_privileges(caps: int | None = None, paranoid: int | None = None) -> Ch
     return CheckResult("privileges", True,
                        f"euid {os.geteuid()}, CAP_BPF + CAP_PERFMON present "
                        f"(perf_event_paranoid={paranoid})")
+
+
+def check_btf_present() -> CheckResult:
+    """The cheap half of check_btf, for `run` (the probes resolve the offsets anyway)."""
+    if Path(BTF_PATH).exists():
+        return CheckResult("kernel BTF", True, f"{BTF_PATH} present")
+    return CheckResult("kernel BTF", False, f"{BTF_PATH} missing: the kernel needs "
+                       "CONFIG_DEBUG_INFO_BTF=y (struct offsets are read from it)")
 
 
 def check_btf() -> CheckResult:
@@ -115,8 +124,11 @@ def check_headers() -> CheckResult:
 
 def _tracefs() -> Path | None:
     for root in TRACEFS:
-        if Path(root, "events").is_dir():
-            return Path(root)
+        try:
+            if Path(root, "events").is_dir():
+                return Path(root)
+        except PermissionError:  # not root: the privileges check says what is missing
+            continue
     return None
 
 
@@ -179,6 +191,22 @@ def _writable_dir_problem(path: Path) -> str | None:
     if not os.access(probe, os.W_OK):
         return f"{probe} is not writable"
     return None
+
+
+def check_metrics_listen(cfg: Config) -> list[CheckResult]:
+    """Bind the metrics address once, as `run` will (in use, not configured, IPv6...)."""
+    if not cfg.metrics.enabled:
+        return []
+    host, port = parse_listen(cfg.metrics.listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        return [CheckResult("metrics.listen", False,
+                            f"{cfg.metrics.listen}: {exc.strerror or exc}")]
+    return [CheckResult("metrics.listen", True, f"{cfg.metrics.listen} free")]
 
 
 def check_dirs(cfg: Config) -> list[CheckResult]:
@@ -258,12 +286,26 @@ def check_load(cfg: Config) -> CheckResult:
                        f"{time.monotonic() - started:.2f} s")
 
 
+def blocking_problem(cfg: Config) -> CheckResult | None:
+    """What stops `run` before it compiles anything, cheapest first; None when nothing does.
+    Without this, a missing privilege or tracefs shows as hundreds of compiler lines."""
+    checks = [lambda: [check_privileges()], lambda: [check_bcc()],
+              lambda: [check_btf_present()], lambda: check_tracefs(cfg),
+              lambda: check_dirs(cfg)]
+    for check in checks:
+        for result in check():
+            if not result.ok and result.fatal:
+                return result
+    return None
+
+
 def run_checks(cfg: Config, load: bool = False) -> list[CheckResult]:
     results = [CheckResult("config", True, "valid"), check_privileges(), check_bcc(),
                check_btf(), check_headers()]
     results += check_tracefs(cfg)
     results += check_bash(cfg)
     results += check_dirs(cfg)
+    results += check_metrics_listen(cfg)
     results += check_outputs(cfg)
     if load and all(r.ok or not r.fatal for r in results):
         results.append(check_load(cfg))

@@ -3,6 +3,7 @@
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -41,7 +42,33 @@ class Output:
 
 
 OUTPUT_HELP = "expected stdout, file:PATH or elasticsearch:URL"
-_URL_RE = re.compile(r"^https?://[^/\s]+")
+
+
+def redacted(url: str) -> str:
+    """The URL with any user:password replaced, for messages."""
+    return re.sub(r"(?<=://)[^/@]*@", "***@", url)
+
+
+def cluster_url(url: str, key: str) -> str:
+    """An Elasticsearch node URL, checked before any client sees it (a bad port made the
+    client raise with the whole URL, credentials included, in the traceback)."""
+    shown = redacted(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OutputError(f"{key}: {shown!r}: the Elasticsearch URL must start with http:// "
+                          "or https:// and name a host")
+    if "@" in parts.netloc:
+        raise OutputError(f"{key}: {shown!r}: credentials in the URL are not accepted; use "
+                          "elasticsearch.api_key_file, or username and password_file")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port <= 65535:
+        raise OutputError(f"{key}: {shown!r}: the port must be a number in 1..65535")
+    if parts.query or parts.fragment or re.search(r"\s", url):
+        raise OutputError(f"{key}: {shown!r}: no query, fragment or spaces in the URL")
+    return url.rstrip("/")
 
 
 def parse_output(spec: str, key: str = "outputs") -> Output:
@@ -49,16 +76,12 @@ def parse_output(spec: str, key: str = "outputs") -> Output:
         return Output("stdout")
     kind, sep, target = spec.partition(":")
     if not sep or not target:
-        raise OutputError(f"{key}: {spec!r} is not an output ({OUTPUT_HELP})")
+        raise OutputError(f"{key}: {redacted(spec)!r} is not an output ({OUTPUT_HELP})")
     if kind == "file":
         return Output("file", target)
     if kind == "elasticsearch":
-        if not _URL_RE.match(target):
-            raise OutputError(
-                f"{key}: {spec!r}: the Elasticsearch URL must start with http:// or https://"
-            )
-        return Output("elasticsearch", target.rstrip("/"))
-    raise OutputError(f"{key}: {spec!r} is not an output ({OUTPUT_HELP})")
+        return Output("elasticsearch", cluster_url(target, key))
+    raise OutputError(f"{key}: {redacted(spec)!r} is not an output ({OUTPUT_HELP})")
 
 
 def parse_outputs(specs: tuple[str, ...]) -> list[Output]:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Optional, Protocol
 import msgspec
 from msgspec import Meta
 
-from collector.delivery.settings import parse_outputs
+from collector.delivery.settings import cluster_url, parse_outputs
 
 NonEmptyPath = Annotated[str, Meta(min_length=1)]
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -64,6 +64,8 @@ class ElasticsearchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     ilm: IlmConfig = msgspec.field(default_factory=IlmConfig)
 
     def __post_init__(self) -> None:
+        for i, host in enumerate(self.hosts):
+            cluster_url(host, f"hosts[{i}]")
         for name in ("dataset", "namespace"):
             value = getattr(self, name)
             if not _NAME_RE.match(value):
