@@ -424,11 +424,19 @@ def fleet(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Fleet]:
             sandbox.exec("vagrant", "destroy", "-f", env=env, check=False, timeout=600)
 
 
+# What the role and the collector depend on, as the booted guest has it (timings.json).
 GUEST_FACTS = (
     "uname -r; . /etc/os-release; echo \"$PRETTY_NAME\"; python3 -V; "
     "bash --version | head -n1; test -e /sys/kernel/btf/vmlinux && echo btf=yes || echo btf=no; "
-    "stat -fc %T /sys/fs/cgroup; cat /proc/sys/kernel/perf_event_paranoid; "
-    "systemctl --version | head -n1"
+    "sudo test -d /sys/kernel/tracing/events && echo tracefs=yes || echo tracefs=no; "
+    "echo cgroup=$(stat -fc %T /sys/fs/cgroup); "
+    "echo perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid); "
+    "echo unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled); "
+    "systemctl --version | head -n1; "
+    "sudo systemd-run --quiet --wait -p 'CapabilityBoundingSet=CAP_BPF CAP_PERFMON' /bin/true "
+    "&& echo unit_cap_bpf=ok || echo unit_cap_bpf=refused; "
+    "echo loginuid=$(cat /proc/self/loginuid) sessionid=$(cat /proc/self/sessionid); "
+    "systemd-analyze time | head -n1"
 )
 
 
