@@ -37,10 +37,10 @@ ansible-lint: $(ANSIBLE_STAMP)
 	cd ansible && ../$(ANSIBLE_VENV)/bin/ansible-lint --profile production $(ANSIBLE_LINT_TARGETS)
 
 # The sandbox is stopped whatever pytest's outcome (also on Ctrl-C: pytest's fixture
-# finalizer stops it first; this is the second line).
+# finalizer stops it first; this is the second line), unless AC_VM_KEEP=1 asks to keep it.
 vm-test: $(STAMP) $(ANSIBLE_STAMP)
 	@tests/vm/host-deps.sh
-	@rc=0; trap 'tests/vm/sandbox.sh stop $(VM_RUN)' EXIT INT TERM; \
+	@rc=0; trap '[ "$${AC_VM_KEEP:-0}" = 1 ] || tests/vm/sandbox.sh stop $(VM_RUN)' EXIT INT TERM; \
 	  AC_VM_TEST=1 $(VENV)/bin/pytest -p no:cacheprovider -m vm -s -v tests/vm || rc=$$?; \
 	  exit $$rc
 

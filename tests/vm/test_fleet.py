@@ -138,14 +138,24 @@ def play_recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def failure_messages(output: str) -> dict[str, list[str]]:
-    """Per host, the msg of each failed task ("fatal: [host]: FAILED! => {...}")."""
+    """Per host, the message of each failed task ("fatal: [host]: FAILED! => {...}", or
+    "failed: [host] (item=...) => {...}" in a loop); for a failed command, the last lines
+    of its stderr."""
     found: dict[str, list[str]] = {}
-    for m in re.finditer(r"^fatal: \[([^\]]+)\]: [A-Z!]+ => (\{.*\})$", output, re.M):
+    pattern = r"^(?:fatal: \[([^\]]+)\]: [A-Z!]+|failed: \[([^\]]+)\] \(item=[^)]*\)) => (\{.*\})$"
+    for m in re.finditer(pattern, output, re.M):
+        host = m.group(1) or m.group(2)
         try:
-            msg = json.loads(m.group(2)).get("msg", m.group(2))
+            result = json.loads(m.group(3))
         except json.JSONDecodeError:
-            msg = m.group(2)
-        found.setdefault(m.group(1), []).append(str(msg)[:2000])
+            found.setdefault(host, []).append(m.group(3)[:2000])
+            continue
+        msg = str(result.get("msg", ""))
+        stderr = [line for line in str(result.get("stderr", "")).splitlines()
+                  if line.strip() and not line.startswith("WARNING: Location")]
+        if stderr:
+            msg += ": " + " | ".join(stderr[-5:])
+        found.setdefault(host, []).append(msg[:2000])
     return found
 
 
@@ -294,6 +304,7 @@ def _prefetch(env: dict[str, str], extra_vars: dict[str, Any], tags: list[str]
             env={**env, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg")},
             cwd=REPO, text=True, capture_output=True, check=False)
         timings[f"prefetch_wheels_{tag}"] = round(time.monotonic() - started, 1)
+        (RUN / f"prefetch_{tag}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             msgs = failure_messages(proc.stdout)
             failures[tag] = "; ".join(m for ms in msgs.values() for m in ms) or proc.stdout[-2000:]
