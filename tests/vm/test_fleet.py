@@ -190,6 +190,23 @@ class Sandbox:
         })
         return [h["_source"] for h in result.get("hits", {}).get("hits", [])]
 
+    def search_all(self, host: str) -> list[dict[str, Any]]:
+        """Every document of a host, in event.sequence order (pages of 5000)."""
+        self.es("POST", f"/{DATA_STREAM}/_refresh")
+        docs: list[dict[str, Any]] = []
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "size": 5000, "sort": [{"event.sequence": "asc"}],
+                "query": {"bool": {"filter": [{"term": {"host.name": host}}]}}}
+            if after is not None:
+                body["search_after"] = after
+            hits = self.es("POST", f"/{DATA_STREAM}/_search", body).get("hits", {}).get("hits", [])
+            docs += [h["_source"] for h in hits]
+            if len(hits) < 5000:
+                return docs
+            after = hits[-1]["sort"]
+
 
 @dataclass
 class Fleet:
@@ -537,7 +554,7 @@ def test_upgrade_lost_nothing(fleet: Fleet) -> None:
         for vm, tok in upgrade["tokens"].items():
             if vm not in working:
                 continue
-            docs = fleet.sandbox.search(vm)
+            docs = fleet.sandbox.search_all(vm)
             for phase in ("before", "after"):
                 for i in range(20):
                     args = ["/bin/echo", f"ac-{phase}-{tok}-{i}"]
