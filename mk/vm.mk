@@ -1,22 +1,30 @@
 # Fleet rollout: the Ansible role's lint and the two-VM test (included by the Makefile).
 #
 #   make ansible-lint   ansible-lint --profile production on ansible/ and roles/
-#   make vm-test        boots two Debian 12 VMs (emulated CPU) in a private network
-#                       namespace, rolls the collector out with ansible/site.yml twice
-#                       (the second run must change nothing), checks that exec, namespace
-#                       and bash documents reach an Elasticsearch-API test server, then
-#                       runs ansible/uninstall.yml. Details: tests/vm/README.md.
+#   make vm-test        boots Debian VMs (emulated CPU) in a private network namespace, one
+#                       fleet per release of AC_VM_DISTROS (default bookworm; e.g.
+#                       AC_VM_DISTROS="bullseye bookworm trixie", then also a mixed fleet),
+#                       rolls the collector out with ansible/site.yml twice (the second run
+#                       must change nothing), checks that exec, namespace and bash documents
+#                       reach an Elasticsearch-API test server and agree with /proc in the
+#                       guest, then runs ansible/uninstall.yml. Details: tests/vm/README.md.
+#   make vm-boxes       builds (or finds cached) the boxes of AC_VM_DISTROS
+#   make vm-facts       kernel/BTF offsets, BCC, Python and bash of AC_VM_DISTROS, read from
+#                       Debian's packages (tests/vm/release_facts.py; see tests/vm/MATRIX.md)
 #   make vm-clean       stops a sandbox left behind (AC_VM_KEEP=1) and drops the run dir
 #
-# Caches (gitignored, under .cache/): the box (.cache/vm/*.box, rebuilt when
-# tests/vm/build-box.sh changes), the controller's wheels, the Ansible venv.
+# Caches (gitignored, under .cache/): the boxes (.cache/vm/debian<N>-<key>.box, one per
+# release, rebuilt when tests/vm/build-box.sh changes), the controller's wheels, the
+# Ansible venv.
 
 ANSIBLE_VENV := .cache/ansible-venv
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 VM_RUN := .cache/vm/run
+AC_VM_DISTROS ?= bookworm
+export AC_VM_DISTROS
 ANSIBLE_LINT_TARGETS := site.yml uninstall.yml prefetch-wheels.yml ../roles/audit_collector
 
-.PHONY: ansible-venv ansible-lint vm-test vm-clean
+.PHONY: ansible-venv ansible-lint vm-test vm-boxes vm-facts vm-clean
 
 ansible-venv: $(ANSIBLE_STAMP)
 
@@ -29,13 +37,20 @@ ansible-lint: $(ANSIBLE_STAMP)
 	cd ansible && ../$(ANSIBLE_VENV)/bin/ansible-lint --profile production $(ANSIBLE_LINT_TARGETS)
 
 # The sandbox is stopped whatever pytest's outcome (also on Ctrl-C: pytest's fixture
-# finalizer stops it first; this is the second line).
+# finalizer stops it first; this is the second line), unless AC_VM_KEEP=1 asks to keep it.
 vm-test: $(STAMP) $(ANSIBLE_STAMP)
 	@tests/vm/host-deps.sh
-	@rc=0; trap 'tests/vm/sandbox.sh stop $(VM_RUN)' EXIT INT TERM; \
+	@rc=0; trap '[ "$${AC_VM_KEEP:-0}" = 1 ] || tests/vm/sandbox.sh stop $(VM_RUN)' EXIT INT TERM; \
 	  AC_VM_TEST=1 $(VENV)/bin/pytest -p no:cacheprovider -m vm -s -v tests/vm || rc=$$?; \
 	  exit $$rc
 
 vm-clean:
 	@tests/vm/sandbox.sh stop $(VM_RUN)
 	rm -rf $(VM_RUN)
+
+vm-boxes:
+	@tests/vm/host-deps.sh
+	@for suite in $(AC_VM_DISTROS); do tests/vm/build-box.sh .cache/vm "$$suite" || exit 1; done
+
+vm-facts: $(STAMP)
+	$(PY) -m tests.vm.release_facts $(AC_VM_DISTROS)

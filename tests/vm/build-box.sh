@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Build the Debian 12 Vagrant box (libvirt provider) that the VM test boots.
+# Build a Debian Vagrant box (libvirt provider) that the VM test boots.
 #
-#   tests/vm/build-box.sh OUT_DIR      -> OUT_DIR/debian12-<key>.box (cached by key)
+#   tests/vm/build-box.sh OUT_DIR [SUITE]  -> OUT_DIR/debian<N>-<key>.box (cached by key)
 #
-# The image is plain Debian 12 from Debian's mirror (mmdebstrap): the distribution kernel
-# (6.1, with BTF), systemd, sshd, sudo, python3 and a `vagrant` user that accepts Vagrant's
-# well-known insecure key. It does NOT contain BCC: the guests have no network beyond the
+# SUITE is bullseye (Debian 11), bookworm (12, the default) or trixie (13). The image is
+# plain Debian from Debian's mirror (mmdebstrap, with the suite's -updates and -security
+# archives as a real host has them): the distribution kernel (linux-image-amd64: 5.10,
+# 6.1 or 6.12, all with BTF), systemd, sshd, sudo, python3 and a `vagrant` user that
+# accepts Vagrant's well-known insecure key. It does NOT contain BCC: the guests have no network beyond the
 # test's namespace, so the image carries a local apt repository (file:/srv/apt-local) with
 # the packages the Ansible role installs (python3-bpfcc, python3-venv and the
 # linux-headers package matching the image's kernel, with their dependencies), configured
@@ -13,13 +15,24 @@
 # they would from a mirror.
 #
 # Key: sha256 of this script; the box is rebuilt only when this file changes (or the box
-# is deleted). Prints the path of the box on stdout.
+# is deleted). Prints the path of the box on stdout; build details (time, kernel, package
+# count) go to stderr and to <box>.log.
 set -euo pipefail
 
-out_dir="${1:?usage: build-box.sh OUT_DIR}"
+out_dir="${1:?usage: build-box.sh OUT_DIR [SUITE]}"
+suite="${2:-bookworm}"
+case "$suite" in
+    bullseye) release=11 ;;
+    bookworm) release=12 ;;
+    trixie) release=13 ;;
+    *) echo "build-box: unknown suite $suite (bullseye, bookworm or trixie)" >&2; exit 2 ;;
+esac
+MIRROR="${AC_VM_MIRROR:-http://deb.debian.org/debian}"
+SECURITY_MIRROR="${AC_VM_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 here="$(cd "$(dirname "$0")" && pwd)"
 key="$(sha256sum "$here/build-box.sh" | cut -c1-12)"
-box="$out_dir/debian12-$key.box"
+name="debian$release"
+box="$out_dir/$name-$key.box"
 if [[ -s "$box" ]]; then
     echo "$box"
     exit 0
@@ -82,8 +95,8 @@ SRC
 # --- identity: unique per VM at first boot ---
 : >"\$root/etc/machine-id"
 rm -f "\$root/var/lib/dbus/machine-id"
-echo debian12 >"\$root/etc/hostname"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\tdebian12\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+echo $name >"\$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t$name\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     >"\$root/etc/hosts"
 rm -f "\$root"/etc/ssh/ssh_host_*
 cat >"\$root/etc/systemd/system/ssh-host-keys.service" <<'UNIT'
@@ -123,11 +136,15 @@ chmod +x "$work/customize.sh"
 
 mmdebstrap --quiet --variant=minbase --include="$include" \
     --customize-hook="$work/customize.sh \"\$1\"" \
-    bookworm "$rootfs" >"$work/mmdebstrap.log" 2>&1 \
+    "$suite" "$rootfs" \
+    "deb $MIRROR $suite main" "deb $MIRROR $suite-updates main" \
+    "deb $SECURITY_MIRROR $suite-security main" >"$work/mmdebstrap.log" 2>&1 \
     || { cat "$work/mmdebstrap.log" >&2; exit 1; }
 kver="$(ls "$rootfs/lib/modules" | sort -V | tail -n1)"
-echo "build-box: rootfs with kernel $kver in $((SECONDS - start)) s" \
-     "($(ls "$rootfs/srv/apt-local" | grep -c '\.deb$') packages in the local repository)" >&2
+rootfs_s=$((SECONDS - start))
+repo_count="$(ls "$rootfs/srv/apt-local" | grep -c '\.deb$')"
+echo "build-box: $suite rootfs with kernel $kver in $rootfs_s s" \
+     "($repo_count packages in the local repository)" >&2
 
 # --- disk: MBR, one bootable ext4 partition from 1 MiB, extlinux ---
 raw="$work/disk.raw"
@@ -149,8 +166,8 @@ cat >"$work/mnt/boot/extlinux/extlinux.conf" <<EOF
 DEFAULT debian
 TIMEOUT 1
 LABEL debian
-    LINUX /vmlinuz
-    INITRD /initrd.img
+    LINUX /boot/vmlinuz-$kver
+    INITRD /boot/initrd.img-$kver
     APPEND root=UUID=$uuid ro console=tty0 console=ttyS0,115200
 EOF
 umount "$work/mnt"
@@ -174,5 +191,8 @@ end
 EOF
 tar -C "$work/box" -cf "$box.tmp" metadata.json Vagrantfile box.img
 mv "$box.tmp" "$box"
-echo "build-box: $box built in $((SECONDS - start)) s (kernel $kver)" >&2
+summary="build-box: $box built in $((SECONDS - start)) s (rootfs $rootfs_s s, suite $suite,"
+summary+=" kernel $kver, $repo_count packages in the local repository)"
+echo "$summary" >"$box.log"
+echo "$summary" >&2
 echo "$box"
