@@ -26,10 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from collector.config import CaptureConfig
-from collector.decoding import ExecEvent, Who, decode
-from collector.enrichment import tty_display_name
-from collector.probes import build_program
+from collector.capture.probes import build_program
+from collector.capture.records import ExecEvent, Who, decode
+from collector.capture.settings import CaptureConfig
+from collector.ecs.enrichment import tty_display_name
 from tests.vm.proc_compare import compare
 from tests.vm.release_facts import CACHE, btf_section, deb_members, vmlinux_from_vmlinuz
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-from collector.btf import Btf
-from collector.offsets import FIELDS, explain_missing, resolve_offsets
+from collector.capture.btf import Btf
+from collector.capture.offsets import FIELDS, explain_missing, resolve_offsets
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "vm" / "facts"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import CaptureConfig
-from collector.probes import build_program
+from collector.capture.probes import build_program
+from collector.capture.settings import CaptureConfig
 from tests.vm.bcc_smoke import GUEST_SCRIPT, compare_records
 from tests.vm.proc_compare import PROBE_SCRIPT
 
