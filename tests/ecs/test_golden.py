@@ -1,0 +1,116 @@
+"""Golden documents: raw ring-buffer records in, ECS JSON out, compared byte for byte.
+
+No root, no BPF: the records are the bytes the programs write (tests/ecs/golden_cases.py),
+the world they are enriched from is fixed, and the documents are serialised the way the
+collector sends them (orjson, sorted keys; indented here for readable diffs).
+
+Regenerate after an intended change of the documents, then review the diff:
+
+    UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/ecs/test_golden.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.capture.hostns import HostNamespaces
+from collector.capture.records import decode
+from collector.ecs import documents, enrichment
+from collector.ecs.documents import DocumentBuilder, events_lost_document
+from collector.ecs.enrichment import CgroupPaths, NamespaceOwners, container_from_cgroup
+from tests.ecs.golden_cases import (
+    BOOT_WALL_NS,
+    CASES,
+    CGROUP_PATHS,
+    CREATED_NS,
+    GROUPS,
+    HOST,
+    HOST_NS,
+    PROC,
+    USERS,
+    Input,
+    Lost,
+)
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+class FixedClock:
+    def to_wall_ns(self, ktime_ns: int) -> int:
+        return BOOT_WALL_NS + ktime_ns
+
+
+class FixedNames:
+    def user(self, uid: int) -> str | None:
+        return USERS.get(uid)
+
+    def group(self, gid: int) -> str | None:
+        return GROUPS.get(gid)
+
+
+class FixedCgroups(CgroupPaths):
+    def _scan(self) -> None:
+        self._paths.update(CGROUP_PATHS)
+
+
+def _exe_path(pid: int, filename: str) -> str:
+    if filename.startswith("/"):
+        return filename
+    proc = PROC.get(pid)
+    return proc.exe if proc else filename
+
+
+def _in_namespace(pid: int, kind: str, inode: int) -> bool:
+    proc = PROC.get(pid)
+    return proc is not None and proc.ns.get(kind) == inode
+
+
+def _scan_proc(kind: str, inode: int) -> tuple[int, Any] | None:
+    for pid, proc in PROC.items():
+        if proc.ns.get(kind) == inode:
+            return pid, container_from_cgroup(proc.cgroup.split(":", 2)[-1])
+    return None
+
+
+@pytest.fixture
+def builder(monkeypatch: pytest.MonkeyPatch) -> DocumentBuilder:
+    monkeypatch.setattr(documents, "time", SimpleNamespace(time_ns=lambda: CREATED_NS))
+    monkeypatch.setattr(documents, "executable_path", _exe_path)
+    monkeypatch.setattr(enrichment, "_in_namespace", _in_namespace)
+    monkeypatch.setattr(enrichment, "_scan_proc_for_namespace", _scan_proc)
+    host_ns = HostNamespaces(dict(HOST_NS), "pid 1")
+    return DocumentBuilder(host=HOST, host_ns=host_ns, cgroups=FixedCgroups("/golden"),
+                           clock=FixedClock(), names=FixedNames(),
+                           owners=NamespaceOwners(host_ns))
+
+
+def _document(builder: DocumentBuilder, item: Input) -> dict[str, Any]:
+    if isinstance(item, Lost):
+        return events_lost_document(HOST, item.counts, "ringbuf", item.extra)
+    return builder.build(decode(item))
+
+
+def _render(docs: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps(docs, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_document(name: str, builder: DocumentBuilder) -> None:
+    rendered = _render([_document(builder, item) for item in CASES[name]])
+    path = GOLDEN_DIR / f"{name}.json"
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(rendered)
+    assert path.exists(), f"no golden file {path}: run with UPDATE_GOLDEN=1 and review it"
+    assert rendered.decode() == path.read_text()
+
+
+def test_every_golden_file_has_a_case() -> None:
+    assert sorted(p.stem for p in GOLDEN_DIR.glob("*.json")) == sorted(CASES)
