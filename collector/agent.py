@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from collector.capture import bashfind
+from collector.capture.families import FAMILIES
 from collector.capture.hostns import detect_host_namespaces
 from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
@@ -30,8 +31,7 @@ log = logging.getLogger(__name__)
 DECODE_ERRORS = REGISTRY.counter(
     "audit_collector_decode_errors_total", "Ring buffer records that could not be decoded."
 )
-KIND_NAMES = {ExecEvent: "exec", BashEvent: "bash"}
-CAPTURED = {kind: EVENTS_CAPTURED.bind(kind=kind) for kind in ("exec", "bash", "namespace")}
+CAPTURED = {kind: EVENTS_CAPTURED.bind(kind=kind) for kind in (f.label for f in FAMILIES)}
 
 
 class DocumentSink(Protocol):
@@ -113,7 +113,7 @@ class Agent:
             DECODE_ERRORS.inc()
             log.warning("undecodable record: %s", exc)
             return
-        kind = KIND_NAMES.get(type(event), "namespace")
+        kind = event.family.label
         if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
             return
         CAPTURED[kind].inc()
@@ -136,14 +136,13 @@ class Agent:
             return
         # The kernel told us which file ran: known files cost a dict lookup, no syscall.
         if event.exe is not None and (
-            event.exe in self.probes.bash_probes
-            or (*event.exe, event.exe_generation) in self.probes.known_not_bash
+            event.exe[:2] in self.probes.bash_probes or event.exe in self.probes.known_not_bash
         ):
             return
         exe = doc["process"].get("executable", "")
         for path in bashfind.exe_candidates(event.who.pid, event.who.ppid, exe):
             key = bashfind.file_key(path)
-            if key is None or (event.exe is not None and key != event.exe):
+            if key is None or (event.exe is not None and key != event.exe[:2]):
                 continue  # gone, or another file by that name now
             if key in self.probes.bash_probes:
                 return
@@ -152,7 +151,7 @@ class Agent:
                 if probe:
                     PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
             else:
-                self.probes.known_not_bash.add((*key, event.exe_generation))
+                self.probes.known_not_bash.add((*key, event.exe.generation if event.exe else 0))
             return
 
     def _is_bash(self, pid: int) -> bool:

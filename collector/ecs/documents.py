@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import __version__
+from collector.capture.families import CLONE_FLAGS, LOSS_DATASET, NS_KINDS
 from collector.capture.hostns import HostNamespaces
 from collector.capture.records import BashEvent, Event, ExecEvent, NamespaceEvent, Who
 from collector.ecs.enrichment import (
@@ -32,17 +33,7 @@ from collector.fields import CUSTOM_ROOT, ECS_VERSION
 
 Doc = dict[str, Any]
 
-CLONE_FLAGS = {
-    0x00020000: ("CLONE_NEWNS", "mnt"),
-    0x02000000: ("CLONE_NEWCGROUP", "cgroup"),
-    0x04000000: ("CLONE_NEWUTS", "uts"),
-    0x08000000: ("CLONE_NEWIPC", "ipc"),
-    0x10000000: ("CLONE_NEWUSER", "user"),
-    0x20000000: ("CLONE_NEWPID", "pid"),
-    0x40000000: ("CLONE_NEWNET", "net"),
-    0x00000080: ("CLONE_NEWTIME", "time"),
-}
-NS_KINDS_REPORTED = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup")
+NS_KINDS_REPORTED = NS_KINDS
 
 
 # --------------------------------------------------------------------------- text
@@ -101,9 +92,6 @@ def errno_name(retval: int) -> str:
 
 
 CACHE_LIMIT = 4096
-DATASETS = {"exec": "audit_collector.process", "setns": "audit_collector.namespace",
-            "unshare": "audit_collector.namespace", "clone": "audit_collector.namespace",
-            "bash_command": "audit_collector.bash"}
 
 
 def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
@@ -159,7 +147,8 @@ class DocumentBuilder:
         self._user_cache: dict[tuple[int, int, int | None], Doc] = {}
         self._group_cache: dict[int, Doc] = {}
 
-    def base(self, who: Who, action: str, category: str, etype: str, outcome: str) -> Doc:
+    def base(self, event: Event, action: str, category: str, etype: str, outcome: str) -> Doc:
+        who = event.who
         cgroup, container = self._cgroup(who)
         custom: Doc = {"cgroup": cgroup, "vpid": who.vpid, "namespaces": self._namespaces(
             who, container)}
@@ -180,7 +169,7 @@ class DocumentBuilder:
                 "action": action,
                 "outcome": outcome,
                 "module": "audit_collector",
-                "dataset": DATASETS[action],
+                "dataset": event.family.dataset,
                 "created": iso_utc_ns(time.time_ns()),
             },
             "process": self._process(who),
@@ -259,7 +248,7 @@ class DocumentBuilder:
 
     def exec_document(self, event: ExecEvent) -> Doc:
         outcome = "success" if event.retval == 0 else "failure"
-        doc = self.base(event.who, "exec", "process", "start", outcome)
+        doc = self.base(event, "exec", "process", "start", outcome)
         args, escaped_args = texts(event.args)
         (filename,), escaped_name = texts([event.filename])
         escaped = escaped_args or escaped_name
@@ -287,9 +276,10 @@ class DocumentBuilder:
 
     def namespace_document(self, event: NamespaceEvent) -> Doc:
         outcome = "success" if event.retval >= 0 else "failure"
-        doc = self.base(event.who, event.syscall.rstrip("3"), "process", "change", outcome)
-        flag_names = [name for bit, (name, _k) in CLONE_FLAGS.items() if event.flags & bit]
-        requested = [kind for bit, (_n, kind) in CLONE_FLAGS.items() if event.flags & bit]
+        doc = self.base(event, event.syscall.rstrip("3"), "process", "change", outcome)
+        flags = [f for f in CLONE_FLAGS if event.flags & f.bit]
+        flag_names = [f.name for f in flags]
+        requested = [f.kind for f in flags]
         after = event.after if outcome == "success" else {}
         changed = [k for k in NS_KINDS_REPORTED
                    if after.get(k) and event.before.get(k) and after[k] != event.before[k]]
@@ -328,7 +318,7 @@ class DocumentBuilder:
     # -- bash
 
     def bash_document(self, event: BashEvent) -> Doc:
-        doc = self.base(event.who, "bash_command", "process", "info", "success")
+        doc = self.base(event, "bash_command", "process", "info", "success")
         (line,), escaped = texts([event.line])
         doc[CUSTOM_ROOT]["bash"] = {
             "line": line,
@@ -365,7 +355,7 @@ def events_lost_document(
             "action": "events_lost",
             "outcome": "failure",
             "module": "audit_collector",
-            "dataset": "audit_collector.loss",
+            "dataset": LOSS_DATASET,
             "created": iso_utc_ns(now),
         },
         "message": f"events lost ({source}): {summary}",

@@ -6,7 +6,6 @@ agent and is excluded from tracing) and matches documents by a unique marker.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pty
 import select
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from collector.capture.records import BASH_LINE_OFFSET, EXEC_ARGS_OFFSET, NS_RECORD_SIZE
 from collector.ecs.documents import unescape_text
 from tests.capture.support import Doc, RunningAgent
 
@@ -56,23 +54,6 @@ def execs_with(agent: RunningAgent, mark: str, program: str | None = None,
 
 def ns_inodes(pid: int | str) -> dict[str, int]:
     return {k: os.stat(f"/proc/{pid}/ns/{k}").st_ino for k in NS_KINDS}
-
-
-# --------------------------------------------------------------------------- layouts
-
-
-def test_record_layouts_match_the_bpf_structs(agent: RunningAgent) -> None:
-    bpf = agent.agent.probes.bpf
-    args_buf = agent.agent.probes.spec.cflags
-    assert any(flag.startswith("-DARGS_BUF=") for flag in args_buf)
-    exec_leaf = ctypes.sizeof(bpf[b"exec_zero"].Leaf)
-    assert exec_leaf == EXEC_ARGS_OFFSET + 2 * 16384
-    assert ctypes.sizeof(bpf[b"ns_pending"].Leaf) == NS_RECORD_SIZE
-    bash_leaf = ctypes.sizeof(bpf[b"bash_scratch"].sLeaf)
-    assert BASH_LINE_OFFSET + 4096 + 1 <= bash_leaf < BASH_LINE_OFFSET + 4096 + 9
-    leaf = bpf[b"exec_zero"].Leaf
-    assert leaf.args.offset == EXEC_ARGS_OFFSET
-    assert bpf[b"bash_scratch"].sLeaf.line.offset == BASH_LINE_OFFSET
 
 
 # --------------------------------------------------------------------------- exec
