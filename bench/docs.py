@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.capture.hostns import HostNamespaces, detect_host_namespaces
-from collector.capture.records import ExecEvent, Who
+from collector.capture.records import ExecEvent, ExeId, Who
 from collector.delivery.chain import SealedDoc, Sealer
 from collector.ecs.documents import Doc, DocumentBuilder
 from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
@@ -77,12 +77,12 @@ def exec_event(n: int, namespaces: dict[str, int], cgroup: tuple[int, bytes]) ->
     )
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
+def _file_identity(path: str) -> ExeId | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return ExeId(st.st_dev, st.st_ino, 0)
 
 
 def _builder(host: HostInfo) -> tuple[DocumentBuilder, HostNamespaces, tuple[int, bytes]]:

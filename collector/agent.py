@@ -7,7 +7,6 @@ runs on its own thread behind the spool).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -15,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from collector.capture import bashfind
-from collector.capture.families import FAMILIES
+from collector.capture.bash_tracker import BashTracker
+from collector.capture.families import BASH, FAMILIES
 from collector.capture.hostns import detect_host_namespaces
 from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
@@ -31,6 +30,9 @@ log = logging.getLogger(__name__)
 DECODE_ERRORS = REGISTRY.counter(
     "audit_collector_decode_errors_total", "Ring buffer records that could not be decoded."
 )
+BASH_UNCHECKED = REGISTRY.counter(
+    "audit_collector_bash_follow_unreadable_total",
+    "Executables not checked for bash: no path to them could be read (e.g. EACCES).")
 CAPTURED = {kind: EVENTS_CAPTURED.bind(kind=kind) for kind in (f.label for f in FAMILIES)}
 
 
@@ -50,6 +52,7 @@ class Agent:
     on_ready: Callable[[Agent], None] | None = None
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _builder: DocumentBuilder | None = None
+    _bash: BashTracker | None = None
 
     def start(self) -> None:
         """Compile, load and attach; after this returns, events are being captured."""
@@ -65,6 +68,9 @@ class Agent:
             names=NameCache(),
             owners=NamespaceOwners(host_ns),
         )
+        if BASH.name in self.probes.families:
+            self._bash = BashTracker(self.probes, self.cfg.capture.follow_new_bash,
+                                     on_unreadable=BASH_UNCHECKED.inc)
         self.probes.open(self._on_record)
         for family in self.probes.families:
             PROBES_ATTACHED.set(1, family=family)
@@ -126,43 +132,16 @@ class Agent:
             return
         self.sink.submit(doc)
         if isinstance(event, ExecEvent) and event.retval == 0:
-            self._follow_bash(event, doc)
+            self._follow_bash(event)
 
-    def _follow_bash(self, event: ExecEvent, doc: Doc) -> None:
+    def _follow_bash(self, event: ExecEvent) -> None:
         """Probe bash binaries that start running but are not probed yet."""
-        if not self.cfg.capture.follow_new_bash or self.probes is None:
-            return
-        if "bash" not in self.probes.families:
-            return
-        # The kernel told us which file ran: known files cost a dict lookup, no syscall.
-        if event.exe is not None and (
-            event.exe[:2] in self.probes.bash_probes or event.exe in self.probes.known_not_bash
-        ):
-            return
-        exe = doc["process"].get("executable", "")
-        for path in bashfind.exe_candidates(event.who.pid, event.who.ppid, exe):
-            key = bashfind.file_key(path)
-            if key is None or (event.exe is not None and key != event.exe[:2]):
-                continue  # gone, or another file by that name now
-            if key in self.probes.bash_probes:
-                return
-            if bashfind.looks_like_bash(path):
-                probe = self.probes.attach_bash(path, hint_pid=event.who.pid)
-                if probe:
-                    PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
-            else:
-                self.probes.known_not_bash.add((*key, event.exe.generation if event.exe else 0))
-            return
+        if self._bash is not None and self._bash.on_exec(event):
+            assert self.probes is not None
+            PROBES_ATTACHED.set(len(self.probes.bash_probes), family="bash_binaries")
 
     def _is_bash(self, pid: int) -> bool:
-        """Readline probes on a shared libreadline also fire in python, gdb...: keep bash."""
-        assert self.probes is not None
-        if not self.probes.has_library_probes:
-            return True
-        exe = f"/proc/{pid}/exe"
-        # A process gone before we look is given the benefit of the doubt: better an extra
-        # line than a lost bash command.
-        return not os.path.exists(exe) or bashfind.looks_like_bash(exe)
+        return self._bash is None or self._bash.keeps_line(pid)
 
     # -- loss
 

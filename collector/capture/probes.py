@@ -130,11 +130,8 @@ class Probes:
     capture: CaptureConfig
     spec: ProgramSpec | None = None
     bpf: Any = None
+    # The files readline() is probed in, by (st_dev, st_ino): bash, or its libreadline.
     bash_probes: dict[tuple[int, int], BashProbe] = field(default_factory=dict)
-    # Executables already checked and found not to be bash (by file identity).
-    # (st_dev, st_ino, i_generation) of executables seen not to be bash: the generation,
-    # because a deleted file's inode number is soon given to a new file (a bash copy, say).
-    known_not_bash: set[tuple[int, int, int]] = field(default_factory=set)
     load_seconds: float = 0.0
 
     def load(self) -> None:

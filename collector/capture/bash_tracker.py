@@ -1,0 +1,108 @@
+"""Bash following: probe bash binaries as they start running, and keep bash lines only.
+
+Every successful exec record says which file ran (device, inode, i_generation, filename).
+A file seen before costs one dict lookup; a new one is reached through /proc (the process's
+own view of its file, which also works inside containers), checked for bash once, and
+probed if it is one. Nothing here reads documents: the record is the only input.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from collector.capture import bashfind
+from collector.capture.records import ExecEvent, ExeId
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "not there (any more)": the process exited, the file was replaced.
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ESRCH)
+
+
+class BashProbes(Protocol):
+    """What the tracker needs from the loaded probes (collector.capture.probes.Probes)."""
+
+    bash_probes: dict[tuple[int, int], object]
+
+    @property
+    def has_library_probes(self) -> bool: ...
+
+    def attach_bash(self, path: str, hint_pid: int | None = None) -> object | None: ...
+
+
+class BashTracker:
+    def __init__(self, probes: BashProbes, follow_new: bool = True,
+                 on_unreadable: Callable[[], None] = lambda: None,
+                 stat: Callable[[str], os.stat_result] = os.stat,
+                 looks_like_bash: Callable[[str], bool] = bashfind.looks_like_bash) -> None:
+        self._probes = probes
+        self._follow_new = follow_new
+        self._on_unreadable = on_unreadable  # counts execs whose file could not be checked
+        self._stat = stat
+        self._looks_like_bash = looks_like_bash
+        # Executables decided on, by (dev, inode, i_generation): True when bash is probed
+        # there. The generation, because a freed inode number soon names another file.
+        self.verdicts: dict[ExeId, bool] = {}
+
+    def on_exec(self, event: ExecEvent) -> bool:
+        """Look at a successful exec; True when it ran a bash not seen before (now probed)."""
+        exe = event.exe
+        if not self._follow_new or (exe is not None and exe in self.verdicts):
+            return False
+        found = self._reachable_path(event)
+        if found is None:
+            return False
+        is_bash = self._check(*found, event.who.pid)
+        if exe is not None:
+            self.verdicts[exe] = is_bash
+        return is_bash
+
+    def keeps_line(self, pid: int) -> bool:
+        """Readline probes on a shared libreadline also fire in python, gdb...: keep bash.
+        A process gone before we look is given the benefit of the doubt: better an extra
+        line than a lost bash command."""
+        if not self._probes.has_library_probes:
+            return True
+        exe = f"/proc/{pid}/exe"
+        return not os.path.exists(exe) or self._looks_like_bash(exe)
+
+    def _check(self, path: str, key: tuple[int, int], pid: int) -> bool:
+        if key in self._probes.bash_probes:
+            return True
+        if not self._looks_like_bash(path):
+            return False
+        # A bash whose readline cannot be probed is remembered too: no ELF parse per exec.
+        return self._probes.attach_bash(path, hint_pid=pid) is not None
+
+    def _reachable_path(self, event: ExecEvent) -> tuple[str, tuple[int, int]] | None:
+        """The first path through /proc that still leads to the file the record names,
+        with that file's (st_dev, st_ino)."""
+        unreadable = False
+        for path in _candidates(event):
+            try:
+                st = self._stat(path)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    unreadable = True  # e.g. EACCES on /proc/1/root in some sandboxes
+                    log.debug("cannot check %s for bash: %s", path, exc)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if event.exe is None or key == event.exe[:2]:
+                return path, key
+        if unreadable:
+            self._on_unreadable()
+        return None
+
+
+def _candidates(event: ExecEvent) -> Iterator[str]:
+    """Paths that reach the file a process exec'd, from inside its mount namespace."""
+    who = event.who
+    yield f"/proc/{who.pid}/exe"
+    filename = os.fsdecode(event.filename)
+    if filename.startswith("/"):
+        yield f"/proc/{who.pid}/root{filename}"
+        yield f"/proc/{who.ppid}/root{filename}"
