@@ -31,18 +31,33 @@ class BashProbes(Protocol):
     @property
     def has_library_probes(self) -> bool: ...
 
-    def attach_bash(self, path: str, hint_pid: int | None = None) -> object | None: ...
+    def attach_bash(self, path: str, hint_pid: int | None = None,
+                    name: str | None = None) -> object | None: ...
+
+
+class PinnedFile:
+    """A file held open, so checking and probing it still work once its process exits:
+    `path` (/proc/self/fd/N) names exactly the file opened; `key` is its (st_dev, st_ino)."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(self._fd)
+        self.path = f"/proc/self/fd/{self._fd}"
+        self.key = (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class BashTracker:
     def __init__(self, probes: BashProbes, follow_new: bool = True,
                  on_unreadable: Callable[[], None] = lambda: None,
-                 stat: Callable[[str], os.stat_result] = os.stat,
+                 pin: Callable[[str], PinnedFile] = PinnedFile,
                  looks_like_bash: Callable[[str], bool] = bashfind.looks_like_bash) -> None:
         self._probes = probes
         self._follow_new = follow_new
         self._on_unreadable = on_unreadable  # counts execs whose file could not be checked
-        self._stat = stat
+        self._pin = pin
         self._looks_like_bash = looks_like_bash
         # Executables decided on, by (dev, inode, i_generation): True when bash is probed
         # there. The generation, because a freed inode number soon names another file.
@@ -53,13 +68,10 @@ class BashTracker:
         exe = event.exe
         if not self._follow_new or (exe is not None and exe in self.verdicts):
             return False
-        found = self._reachable_path(event)
-        if found is None:
-            return False
-        is_bash = self._check(*found, event.who.pid)
-        if exe is not None:
+        is_bash = self._decide(event)
+        if is_bash is not None and exe is not None:
             self.verdicts[exe] = is_bash
-        return is_bash
+        return bool(is_bash)
 
     def keeps_line(self, pid: int) -> bool:
         """Readline probes on a shared libreadline also fire in python, gdb...: keep bash.
@@ -70,32 +82,35 @@ class BashTracker:
         exe = f"/proc/{pid}/exe"
         return not os.path.exists(exe) or self._looks_like_bash(exe)
 
-    def _check(self, path: str, key: tuple[int, int], pid: int) -> bool:
-        if key in self._probes.bash_probes:
-            return True
-        if not self._looks_like_bash(path):
-            return False
-        # A bash whose readline cannot be probed is remembered too: no ELF parse per exec.
-        return self._probes.attach_bash(path, hint_pid=pid) is not None
-
-    def _reachable_path(self, event: ExecEvent) -> tuple[str, tuple[int, int]] | None:
-        """The first path through /proc that still leads to the file the record names,
-        with that file's (st_dev, st_ino)."""
+    def _decide(self, event: ExecEvent) -> bool | None:
+        """Whether the file the record names is bash (now probed); None when no path
+        through /proc still leads to it, or its readline could not be probed (try again
+        at its next exec)."""
         unreadable = False
         for path in _candidates(event):
             try:
-                st = self._stat(path)
+                pinned = self._pin(path)
             except OSError as exc:
                 if exc.errno not in _GONE:
                     unreadable = True  # e.g. EACCES on /proc/1/root in some sandboxes
                     log.debug("cannot check %s for bash: %s", path, exc)
                 continue
-            key = (st.st_dev, st.st_ino)
-            if event.exe is None or key == event.exe[:2]:
-                return path, key
+            try:
+                if event.exe is None or pinned.key == event.exe[:2]:
+                    return self._check(pinned, path, event.who.pid)
+            finally:
+                pinned.close()
         if unreadable:
             self._on_unreadable()
         return None
+
+    def _check(self, pinned: PinnedFile, name: str, pid: int) -> bool | None:
+        if pinned.key in self._probes.bash_probes:
+            return True
+        if not self._looks_like_bash(pinned.path):
+            return False
+        probe = self._probes.attach_bash(pinned.path, hint_pid=pid, name=name)
+        return True if probe is not None else None  # not probed: try at its next exec
 
 
 def _candidates(event: ExecEvent) -> Iterator[str]:

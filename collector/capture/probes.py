@@ -181,8 +181,10 @@ class Probes:
         table = self.bpf[b"lost"]
         return {f.label: int(sum(table[ctypes.c_int(f.lost_index)])) for f in FAMILIES}
 
-    def attach_bash(self, path: str, hint_pid: int | None = None) -> BashProbe | None:
-        """Probe readline() of a bash binary (or of the libreadline it links)."""
+    def attach_bash(self, path: str, hint_pid: int | None = None,
+                    name: str | None = None) -> BashProbe | None:
+        """Probe readline() of a bash binary (or of the libreadline it links); `name` is
+        how logs call a bash reached through a held file descriptor (/proc/self/fd/N)."""
         found = bashfind.readline_target(path, hint_pid)
         if found is None:
             return None
@@ -196,9 +198,10 @@ class Probes:
         except Exception as exc:
             log.warning("cannot probe readline in %s: %s", target, exc)
             return None
-        probe = BashProbe(path=path, target=target, library=library)
+        shown = name or path
+        probe = BashProbe(path=shown, target=target if library else shown, library=library)
         self.bash_probes[key] = probe
-        log.info("probing readline() in %s%s", target, " (libreadline)" if library else "")
+        log.info("probing readline() in %s%s", probe.target, " (libreadline)" if library else "")
         return probe
 
     def close(self) -> None:

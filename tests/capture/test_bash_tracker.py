@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 from typing import Any
 
-from collector.capture.bash_tracker import BashTracker
+from collector.capture.bash_tracker import BashTracker, PinnedFile
 from collector.capture.records import ExecEvent, ExeId, decode
 from tests.ecs.golden_cases import who
 from tests.ecs.recordbytes import exec_record, kernel_dev
@@ -30,7 +31,8 @@ class FakeProbes:
     def has_library_probes(self) -> bool:
         return False
 
-    def attach_bash(self, path: str, hint_pid: int | None = None) -> object | None:
+    def attach_bash(self, path: str, hint_pid: int | None = None,
+                    name: str | None = None) -> object | None:
         self.attached.append((path, hint_pid))
         if not self.attach_ok:
             return None
@@ -43,21 +45,36 @@ def _st(ino: int) -> os.stat_result:
     return os.stat_result((0o100755, ino, ST_DEV, 1, 0, 0, 1000, 0, 0, 0))
 
 
+class FakePinned:
+    """A file 'held open': checked and probed by its own path here."""
+
+    def __init__(self, path: str, key: tuple[int, int]) -> None:
+        self.path = path
+        self.key = key
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class World:
     """A fake /proc: what stat() finds per path, and which files are bash."""
 
     def __init__(self, files: dict[str, Any], bash: set[str]) -> None:
         self.files = files  # path -> stat result, or an errno to raise
         self.bash = bash
-        self.stats: list[str] = []
+        self.opened: list[str] = []
+        self.pinned: list[FakePinned] = []
         self.unreadable = 0
 
-    def stat(self, path: str) -> os.stat_result:
-        self.stats.append(path)
+    def pin(self, path: str) -> FakePinned:
+        self.opened.append(path)
         found = self.files.get(path, errno.ENOENT)
         if isinstance(found, int):
             raise OSError(found, os.strerror(found), path)
-        return found
+        pinned = FakePinned(path, (found.st_dev, found.st_ino))
+        self.pinned.append(pinned)
+        return pinned
 
     def count_unreadable(self) -> None:
         self.unreadable += 1
@@ -67,7 +84,7 @@ class World:
 
     def tracker(self, probes: FakeProbes, follow_new: bool = True) -> BashTracker:
         return BashTracker(probes, follow_new, on_unreadable=self.count_unreadable,
-                           stat=self.stat, looks_like_bash=lambda p: p in self.bash)
+                           pin=self.pin, looks_like_bash=lambda p: p in self.bash)
 
 
 def exec_event(filename: bytes = b"/usr/local/bin/tool", ino: int = 500,
@@ -84,10 +101,10 @@ def test_a_known_file_costs_a_dict_lookup() -> None:
     tracker = world.tracker(world.probes())
     assert tracker.on_exec(exec_event()) is False
     assert tracker.verdicts == {ExeId(ST_DEV, 500, 1): False}
-    checked = len(world.stats)
+    checked = len(world.opened)
     for _ in range(3):
         assert tracker.on_exec(exec_event()) is False
-    assert len(world.stats) == checked
+    assert len(world.opened) == checked
 
 
 def test_a_new_bash_is_probed_once() -> None:
@@ -118,13 +135,16 @@ def test_an_already_probed_bash_needs_no_attach() -> None:
     assert probes.attached == []
 
 
-def test_a_bash_that_cannot_be_probed_is_remembered() -> None:
+def test_a_bash_that_could_not_be_probed_is_tried_again() -> None:
     world = World({f"/proc/{PID}/exe": _st(900)}, bash={f"/proc/{PID}/exe"})
     probes = world.probes(attach_ok=False)
     tracker = world.tracker(probes)
     assert tracker.on_exec(exec_event(ino=900)) is False
-    assert tracker.on_exec(exec_event(ino=900)) is False
-    assert len(probes.attached) == 1
+    assert tracker.verdicts == {}
+    probes.attach_ok = True
+    assert tracker.on_exec(exec_event(ino=900)) is True
+    assert len(probes.attached) == 2
+    assert all(p.closed for p in world.pinned)
 
 
 def test_unreadable_paths_are_counted_not_raised() -> None:
@@ -133,7 +153,7 @@ def test_unreadable_paths_are_counted_not_raised() -> None:
     world = World({f"/proc/{PPID}/root/usr/local/bin/tool": errno.EACCES}, bash=set())
     tracker = world.tracker(world.probes())
     assert tracker.on_exec(exec_event()) is False
-    assert world.stats == [f"/proc/{PID}/exe", f"/proc/{PID}/root/usr/local/bin/tool",
+    assert world.opened == [f"/proc/{PID}/exe", f"/proc/{PID}/root/usr/local/bin/tool",
                            f"/proc/{PPID}/root/usr/local/bin/tool"]
     assert world.unreadable == 1
     assert tracker.verdicts == {}  # undecided: the next exec of it tries again
@@ -157,7 +177,7 @@ def test_a_path_now_naming_another_file_is_skipped() -> None:
 def test_a_relative_filename_is_reached_through_proc_exe_only() -> None:
     world = World({}, bash=set())
     world.tracker(world.probes()).on_exec(exec_event(filename=b"./configure"))
-    assert world.stats == [f"/proc/{PID}/exe"]
+    assert world.opened == [f"/proc/{PID}/exe"]
 
 
 def test_a_non_utf8_filename_is_looked_up_as_bytes() -> None:
@@ -165,7 +185,7 @@ def test_a_non_utf8_filename_is_looked_up_as_bytes() -> None:
     world = World({f"/proc/{PID}/root{path}": _st(500)}, bash=set())
     tracker = world.tracker(world.probes())
     tracker.on_exec(exec_event(filename=b"/tmp/\xffname"))
-    assert os.fsencode(world.stats[1]) == f"/proc/{PID}/root".encode() + b"/tmp/\xffname"
+    assert os.fsencode(world.opened[1]) == f"/proc/{PID}/root".encode() + b"/tmp/\xffname"
     assert tracker.verdicts == {ExeId(ST_DEV, 500, 1): False}
 
 
@@ -173,4 +193,19 @@ def test_following_can_be_switched_off() -> None:
     world = World({f"/proc/{PID}/exe": _st(600)}, bash={f"/proc/{PID}/exe"})
     probes = world.probes()
     assert world.tracker(probes, follow_new=False).on_exec(exec_event(ino=600)) is False
-    assert (world.stats, probes.attached) == ([], [])
+    assert (world.opened, probes.attached) == ([], [])
+
+
+def test_a_pinned_file_outlives_its_path(tmp_path: Path) -> None:
+    """The file is held open while it is checked and probed: the process that ran it may
+    exit (and its /proc paths vanish) in between."""
+    program = tmp_path / "short-lived"
+    program.write_bytes(b"\x7fELF-not-really")
+    st = os.stat(program)
+    pinned = PinnedFile(str(program))
+    try:
+        program.unlink()
+        assert pinned.key == (st.st_dev, st.st_ino)
+        assert Path(pinned.path).read_bytes() == b"\x7fELF-not-really"
+    finally:
+        pinned.close()
