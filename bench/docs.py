@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from collector.capture.families import NS_KINDS
 from collector.capture.hostns import HostNamespaces, detect_host_namespaces
 from collector.capture.records import ExecEvent, ExeId, Who
 from collector.delivery.chain import SealedDoc, Sealer
@@ -54,13 +55,14 @@ def _own_cgroup(mount: str, rel: str) -> tuple[int, bytes]:
 
 
 def _who(n: int, namespaces: dict[str, int], cgroup: tuple[int, bytes], comm: bytes) -> Who:
+    ns = tuple(namespaces.get(kind, 0) for kind in NS_KINDS)
     interactive = n % 3 == 0
     uid = 1000 if interactive else 0
     return Who(
         ktime_ns=time.monotonic_ns(), pid=20000 + n, tid=20000 + n, ppid=1500 + n % 7,
         vpid=20000 + n, uid=uid, euid=uid, gid=uid, egid=uid,
         auid=1000 if interactive else None, sessionid=3 if interactive else None,
-        tty=("pts0", 136, 0) if interactive else None, namespaces=namespaces,
+        tty=("pts0", 136, 0) if interactive else None, ns=ns,
         comm=comm, cgroup_id=cgroup[0], cgroup_name=cgroup[1],
         uts_name=socket.gethostname().encode(),
     )

@@ -33,7 +33,7 @@ class Who:
     """Identity of the task an event happened in (see IDENTITY in families.py)."""
 
     __slots__ = ("auid", "cgroup_id", "cgroup_name", "comm", "egid", "euid", "gid",
-                 "ktime_ns", "namespaces", "pid", "ppid", "sessionid", "tid", "tty", "uid",
+                 "ktime_ns", "ns", "pid", "ppid", "sessionid", "tid", "tty", "uid",
                  "uts_name", "vpid")
     ktime_ns: int
     pid: int
@@ -47,11 +47,15 @@ class Who:
     auid: int | None
     sessionid: int | None
     tty: tuple[str, int, int] | None  # (kernel name, major, minor)
-    namespaces: dict[str, int]
+    ns: tuple[int, ...]  # namespace inodes in NS_KINDS order (hashable: a cache key)
     comm: bytes
     cgroup_id: int
     cgroup_name: bytes
     uts_name: bytes
+
+    @property
+    def namespaces(self) -> dict[str, int]:
+        return _inodes(self.ns)
 
 
 @dataclass
@@ -127,7 +131,7 @@ def _who(i: Any) -> Who:
         auid=None if i.auid == UNSET_ID else i.auid,
         sessionid=None if i.sessionid == UNSET_ID else i.sessionid,
         tty=tty,
-        namespaces=_inodes(i.ns),
+        ns=i.ns,
         comm=_cstr(i.comm),
         cgroup_id=i.cgroup_id,
         cgroup_name=_cstr(i.cgroup_name),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -21,9 +20,15 @@ import pytest
 
 from collector.capture.hostns import HostNamespaces
 from collector.capture.records import decode
-from collector.ecs import documents, enrichment
 from collector.ecs.documents import DocumentBuilder, events_lost_document
-from collector.ecs.enrichment import CgroupPaths, NamespaceOwners, container_from_cgroup
+from collector.ecs.enrichment import (
+    CgroupPaths,
+    Container,
+    NameCache,
+    NamespaceOwners,
+    ProcView,
+    container_from_cgroup,
+)
 from tests.ecs.golden_cases import (
     BOOT_WALL_NS,
     CASES,
@@ -46,54 +51,42 @@ class FixedClock:
     def to_wall_ns(self, ktime_ns: int) -> int:
         return BOOT_WALL_NS + ktime_ns
 
-
-class FixedNames:
-    def user(self, uid: int) -> str | None:
-        return USERS.get(uid)
-
-    def group(self, gid: int) -> str | None:
-        return GROUPS.get(gid)
+    def now_ns(self) -> int:
+        return CREATED_NS
 
 
-class FixedCgroups(CgroupPaths):
-    def _scan(self) -> None:
-        self._paths.update(CGROUP_PATHS)
+class GoldenProc(ProcView):
+    """The fixed /proc of golden_cases.PROC."""
+
+    def exe(self, pid: int) -> str | None:
+        proc = PROC.get(pid)
+        return proc.exe if proc else None
+
+    def in_namespace(self, pid: int, kind: str, inode: int) -> bool:
+        proc = PROC.get(pid)
+        return proc is not None and proc.ns.get(kind) == inode
+
+    def find_in_namespace(self, kind: str, inode: int) -> tuple[int, Container | None] | None:
+        for pid, proc in PROC.items():
+            if proc.ns.get(kind) == inode:
+                return pid, container_from_cgroup(proc.cgroup.split(":", 2)[-1])
+        return None
 
 
-def _exe_path(pid: int, filename: str) -> str:
-    if filename.startswith("/"):
-        return filename
-    proc = PROC.get(pid)
-    return proc.exe if proc else filename
-
-
-def _in_namespace(pid: int, kind: str, inode: int) -> bool:
-    proc = PROC.get(pid)
-    return proc is not None and proc.ns.get(kind) == inode
-
-
-def _scan_proc(kind: str, inode: int) -> tuple[int, Any] | None:
-    for pid, proc in PROC.items():
-        if proc.ns.get(kind) == inode:
-            return pid, container_from_cgroup(proc.cgroup.split(":", 2)[-1])
-    return None
-
-
-@pytest.fixture
-def builder(monkeypatch: pytest.MonkeyPatch) -> DocumentBuilder:
-    monkeypatch.setattr(documents, "time", SimpleNamespace(time_ns=lambda: CREATED_NS))
-    monkeypatch.setattr(documents, "executable_path", _exe_path)
-    monkeypatch.setattr(enrichment, "_in_namespace", _in_namespace)
-    monkeypatch.setattr(enrichment, "_scan_proc_for_namespace", _scan_proc)
+def golden_builder() -> DocumentBuilder:
+    """The document builder of the collector, in the fixed world of golden_cases."""
     host_ns = HostNamespaces(dict(HOST_NS), "pid 1")
-    return DocumentBuilder(host=HOST, host_ns=host_ns, cgroups=FixedCgroups("/golden"),
-                           clock=FixedClock(), names=FixedNames(),
-                           owners=NamespaceOwners(host_ns))
+    proc = GoldenProc()
+    return DocumentBuilder(
+        host=HOST, host_ns=host_ns,
+        cgroups=CgroupPaths("/golden", scan=lambda _mount: dict(CGROUP_PATHS)),
+        clock=FixedClock(), names=NameCache(USERS.__getitem__, GROUPS.__getitem__),
+        owners=NamespaceOwners(host_ns, proc), proc=proc)
 
 
 def _document(builder: DocumentBuilder, item: Input) -> dict[str, Any]:
     if isinstance(item, Lost):
-        return events_lost_document(HOST, item.counts, "ringbuf", item.extra)
+        return events_lost_document(HOST, item.counts, "ringbuf", item.extra, now_ns=CREATED_NS)
     return builder.build(decode(item))
 
 
@@ -102,7 +95,8 @@ def _render(docs: list[dict[str, Any]]) -> bytes:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_golden_document(name: str, builder: DocumentBuilder) -> None:
+def test_golden_document(name: str) -> None:
+    builder = golden_builder()
     rendered = _render([_document(builder, item) for item in CASES[name]])
     path = GOLDEN_DIR / f"{name}.json"
     if UPDATE:
