@@ -403,12 +403,6 @@ class Btf:
                 return t
         return None
 
-    def find_enum(self, name: str) -> EnumType | None:
-        for t in self.find_all(name, {Kind.ENUM, Kind.ENUM64}):
-            if isinstance(t, EnumType):
-                return t
-        return None
-
     def enum_value(self, enum_name: str, enumerator: str) -> int | None:
         """Value of ``enumerator`` in enum ``enum_name``; None if either is absent."""
         for t in self.find_all(enum_name, {Kind.ENUM, Kind.ENUM64}):
@@ -543,13 +537,6 @@ class Btf:
     def member_type(self, struct_ref: TypeRef, path: str) -> BtfType:
         """Declared type of the member (typedefs kept; use :meth:`strip` to unwrap)."""
         return self.type_by_id(self.locate(struct_ref, path).type_id)
-
-    def has_member(self, struct_ref: TypeRef, path: str) -> bool:
-        try:
-            self.locate(struct_ref, path)
-        except BtfError:
-            return False
-        return True
 
 
 def describe_kind(t: BtfType) -> str:
