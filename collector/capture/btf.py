@@ -19,6 +19,7 @@ from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import Union
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -187,7 +188,7 @@ class MemberLocation:
 
 VOID = BtfType(id=0, kind=Kind.UNKN, name="void")
 
-TypeRef = int | str | BtfType
+TypeRef = Union[int, str, BtfType]  # noqa: UP007 (evaluated at import: Python 3.9)
 
 
 class Btf:
