@@ -234,7 +234,7 @@ class DocumentBuilder:
             "after": {k: after.get(k) or None for k in NS_KINDS} if after else None,
         }
         if event.syscall == "setns" and after:
-            ns["target"] = self.enrich.setns_target(after, changed)
+            ns["target"] = self.enrich.setns_target(after, changed, event.who.pid)
         doc[CUSTOM_ROOT]["ns"] = _prune(ns)
         if outcome == "failure":
             doc["error"] = {"code": errno_name(event.retval), "message": os.strerror(-event.retval)}

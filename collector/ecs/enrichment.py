@@ -237,10 +237,12 @@ class ProcView:
         except OSError:
             return False
 
-    def find_in_namespace(self, kind: str, inode: int) -> tuple[int, Container | None] | None:
-        """A live process in that namespace, and the container its cgroup names."""
+    def find_in_namespace(self, kind: str, inode: int,
+                          besides: int = 0) -> tuple[int, Container | None] | None:
+        """A live process in that namespace other than `besides`, and the container its
+        cgroup names."""
         for entry in os.scandir(self.root):
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) == besides:
                 continue
             try:
                 if os.stat(f"{self.root}/{entry.name}/ns/{kind}").st_ino != inode:
@@ -267,14 +269,19 @@ class NamespaceOwners:
         if inode and inode != self.host.inodes.get(kind):
             self._owner[(kind, inode)] = (pid, container)
 
-    def owner(self, kind: str, inode: int) -> tuple[int, Container | None] | None:
+    def owner(self, kind: str, inode: int,
+              besides: int = 0) -> tuple[int, Container | None] | None:
+        """A process in that namespace (other than `besides`, the one asking: a setns
+        caller is in the namespace it entered by the time its event is built)."""
         if not inode or inode == self.host.inodes.get(kind):
             return None
         hit = self._owner.get((kind, inode))
+        if hit is not None and hit[0] == besides:
+            hit = None
         if hit is not None and self.proc.in_namespace(hit[0], kind, inode):
             return hit
         # Unknown, or the process we learned it from is gone: find a live one.
-        found = self.proc.find_in_namespace(kind, inode)
+        found = self.proc.find_in_namespace(kind, inode, besides)
         if found is not None:
             container = found[1] or (hit[1] if hit else None)
             found = (found[0], container)
@@ -416,12 +423,14 @@ class Enrichment:
             return filename
         return self.proc.exe(pid) or filename
 
-    def setns_target(self, after: dict[str, int], changed: list[str]) -> Doc | None:
+    def setns_target(self, after: dict[str, int], changed: list[str],
+                     caller: int) -> Doc | None:
         """Who was already in the namespaces a setns entered: {pid, container_id}."""
         for kind in ("mnt", "pid_for_children", "net", "uts", "ipc"):
             if kind not in changed:
                 continue
-            owner = self.owners.owner("pid" if kind == "pid_for_children" else kind, after[kind])
+            owner = self.owners.owner("pid" if kind == "pid_for_children" else kind,
+                                      after[kind], besides=caller)
             if owner:
                 pid, container = owner
                 return {"pid": pid, "container_id": container.id if container else None}

@@ -300,6 +300,7 @@ def test_nsenter_into_it(agent: RunningAgent, isolated: tuple[int, str, str]) ->
     # enriched: unshare or sleep (still there), or a short-lived one seen exec there
     # (the fixture's hostname), which may be gone by now.
     target = ev["target"]["pid"]
+    assert target != setns[0]["process"]["pid"]  # nsenter is in there too: not a target
     seen_there = {d["process"]["pid"] for d in agent.sink.docs
                   if d["event"]["action"] == "exec"
                   and d["audit_collector"]["namespaces"].get("uts") == truth["uts"]

@@ -53,7 +53,10 @@ class Proc:
 
 
 CONTAINER_PID = 7100
+NSENTER_PID = 4300  # in the container's uts namespace since its setns
 PROC = {
+    NSENTER_PID: Proc("/usr/bin/nsenter", {**HOST_NS, "uts": CONTAINER_NS["uts"]},
+                      "0::/user.slice/user-1000.slice/session-3.scope"),
     4242: Proc("/home/alice/src/configure", HOST_NS,
                "0::/user.slice/user-1000.slice/session-3.scope"),
     CONTAINER_PID: Proc("/usr/sbin/nginx", CONTAINER_NS,
@@ -201,6 +204,13 @@ def _cases() -> dict[str, list[Input]]:
             fd=3, flags=0, before=HOST_NS,
             after=_changed(HOST_NS, mnt=CONTAINER_NS["mnt"], uts=CONTAINER_NS["uts"],
                            pid_for_children=CONTAINER_NS["pid"]))],
+        # The caller's identity is read after setns: it is in the entered namespace
+        # itself, and must not be named as the one that was there.
+        "setns_caller_is_not_its_own_target": [_container_exec(), ns_record(
+            _ns_who(comm=b"nsenter", pid=NSENTER_PID, tid=NSENTER_PID, uid=0, euid=0, gid=0,
+                    egid=0, ns={**HOST_NS, "uts": CONTAINER_NS["uts"]}),
+            syscall=SETNS, retval=0, fd=3, flags=CLONE_NEWUTS, before=HOST_NS,
+            after=_changed(HOST_NS, uts=CONTAINER_NS["uts"]))],
         "setns_target_unknown": [ns_record(
             _ns_who(comm=b"ip"), syscall=SETNS, retval=0, fd=5, flags=CLONE_NEWNET,
             before=HOST_NS, after=_changed(HOST_NS, net=4026532500))],

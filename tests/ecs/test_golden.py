@@ -66,9 +66,10 @@ class GoldenProc(ProcView):
         proc = PROC.get(pid)
         return proc is not None and proc.ns.get(kind) == inode
 
-    def find_in_namespace(self, kind: str, inode: int) -> tuple[int, Container | None] | None:
+    def find_in_namespace(self, kind: str, inode: int,
+                          besides: int = 0) -> tuple[int, Container | None] | None:
         for pid, proc in PROC.items():
-            if proc.ns.get(kind) == inode:
+            if pid != besides and proc.ns.get(kind) == inode:
                 return pid, container_from_cgroup(proc.cgroup.split(":", 2)[-1])
         return None
 
