@@ -126,9 +126,6 @@ class Family:
     syscalls: tuple[str, ...] = ()  # the record's syscall index -> name: SYSCALL_<NAME>
     map_sizes: tuple[tuple[str, int], ...] = ()  # (C constant, entries) of its maps
 
-    def syscall_name(self, index: int) -> str:
-        return self.syscalls[index] if index < len(self.syscalls) else str(index)
-
 
 EXEC = Family(
     name="exec", kind=1, macro="EXEC", lost_index=0, label="exec",

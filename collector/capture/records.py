@@ -154,6 +154,13 @@ def _check_length(data: bytes, family: Family) -> None:
                           f"(struct {family.layout.name} needs {family.layout.fixed_size})")
 
 
+def _syscall(family: Family, index: int) -> str:
+    if index >= len(family.syscalls):
+        raise DecodeError(f"{family.label} record names syscall index {index}; "
+                          f"the families table knows {family.syscalls}")
+    return family.syscalls[index]
+
+
 _ARGS_AT = EXEC.layout.fixed_size
 
 
@@ -164,7 +171,7 @@ def decode_exec(data: bytes) -> ExecEvent:
     kdev = r.exe_dev
     return ExecEvent(
         who=_who(r.id),
-        syscall=EXEC.syscall_name(r.syscall),
+        syscall=_syscall(EXEC, r.syscall),
         retval=r.retval,
         filename=_cstr(r.filename),
         args=split_args(tail),
@@ -181,7 +188,7 @@ def decode_exec(data: bytes) -> ExecEvent:
 def decode_namespace(data: bytes) -> NamespaceEvent:
     _check_length(data, NAMESPACES)
     r = NAMESPACES.layout.unpack_from(data)
-    syscall = NAMESPACES.syscall_name(r.syscall)
+    syscall = _syscall(NAMESPACES, r.syscall)
     return NamespaceEvent(
         who=_who(r.id),
         syscall=syscall,

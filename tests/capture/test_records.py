@@ -138,3 +138,9 @@ def test_a_short_bash_line_record_is_refused_with_its_struct() -> None:
     record = bash_record(who(), line=b"ls")
     with pytest.raises(DecodeError, match="struct bash_event needs 368"):
         decode(record[:BASH.layout.fixed_size - 1])
+
+
+def test_an_unknown_syscall_index_is_a_decode_error() -> None:
+    record = exec_record(who(), filename=b"/x", args_blob=b"/x\0", argc=1, syscall=2)
+    with pytest.raises(DecodeError, match="exec record names syscall index 2"):
+        decode(record)
