@@ -18,7 +18,7 @@ from collector.capture.hostns import HostNamespaces, detect_host_namespaces
 from collector.capture.records import ExecEvent, ExeId, Who
 from collector.delivery.chain import SealedDoc, Sealer
 from collector.ecs.documents import Doc, DocumentBuilder
-from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.ecs.enrichment import Enrichment
 from collector.ecs.host import HostInfo, detect_host
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
@@ -92,9 +92,7 @@ def _builder(host: HostInfo) -> tuple[DocumentBuilder, HostNamespaces, tuple[int
     cgroup events are attributed to."""
     host_ns = detect_host_namespaces()
     mount, rel = cgroup_hierarchy()
-    builder = DocumentBuilder(host=host, host_ns=host_ns, cgroups=CgroupPaths(mount),
-                              clock=WallClock(), names=NameCache(),
-                              owners=NamespaceOwners(host_ns))
+    builder = DocumentBuilder(host, Enrichment.of_host(host_ns, mount))
     return builder, host_ns, _own_cgroup(mount, rel)
 
 

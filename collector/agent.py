@@ -21,7 +21,7 @@ from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
 from collector.config import Config
 from collector.ecs.documents import Doc, DocumentBuilder, events_lost_document
-from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.ecs.enrichment import Enrichment
 from collector.ecs.host import HostInfo
 from collector.metrics import EVENTS_CAPTURED, EVENTS_LOST, PROBES_ATTACHED, REGISTRY
 
@@ -61,13 +61,7 @@ class Agent:
         host_ns = detect_host_namespaces()
         assert self.probes.spec is not None
         self._builder = DocumentBuilder(
-            host=self.host,
-            host_ns=host_ns,
-            cgroups=CgroupPaths(self.probes.spec.cgroup_mount),
-            clock=WallClock(),
-            names=NameCache(),
-            owners=NamespaceOwners(host_ns),
-        )
+            self.host, Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount))
         if BASH.name in self.probes.families:
             self._bash = BashTracker(self.probes, self.cfg.capture.follow_new_bash,
                                      on_unreadable=BASH_UNCHECKED.inc)

@@ -10,24 +10,13 @@ import errno
 import os
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from collector import __version__
 from collector.capture.families import CLONE_FLAGS, LOSS_DATASET, NS_KINDS
-from collector.capture.hostns import HostNamespaces
 from collector.capture.records import BashEvent, Event, ExecEvent, NamespaceEvent, Who
-from collector.ecs.enrichment import (
-    CgroupPaths,
-    Doc,
-    Enrichment,
-    NameCache,
-    NamespaceOwners,
-    ProcView,
-    WallClock,
-    iso_utc_ns,
-    tty_display_name,
-)
+from collector.ecs.enrichment import Doc, Enrichment, iso_utc_ns, tty_display_name
 from collector.ecs.host import HostInfo
 from collector.fields import CUSTOM_ROOT, ECS_VERSION
 
@@ -105,16 +94,9 @@ class DocumentBuilder:
     sub-objects (see Enrichment: the one cache of the document path)."""
 
     host: HostInfo
-    host_ns: HostNamespaces
-    cgroups: CgroupPaths
-    clock: WallClock
-    names: NameCache
-    owners: NamespaceOwners
-    proc: ProcView = field(default_factory=ProcView)
+    enrich: Enrichment
 
     def __post_init__(self) -> None:
-        self.enrich = Enrichment(self.host_ns, self.cgroups, self.clock, self.names,
-                                 self.owners, self.proc)
         self._static = {
             "ecs": {"version": ECS_VERSION},
             "agent": {"type": "audit-collector", "version": __version__, "name": self.host.name},

@@ -350,6 +350,13 @@ class Enrichment:
     owners: NamespaceOwners
     proc: ProcView = field(default_factory=ProcView)
 
+    @classmethod
+    def of_host(cls, host_ns: HostNamespaces, cgroup_mount: str) -> Enrichment:
+        """This host's own sources: passwd, the cgroup tree at `cgroup_mount`, /proc."""
+        proc = ProcView()
+        return cls(host_ns, CgroupPaths(cgroup_mount), WallClock(), NameCache(),
+                   NamespaceOwners(host_ns, proc), proc)
+
     def __post_init__(self) -> None:
         self._cgroups = _Shared(CgroupPaths.RESCAN_INTERVAL_S)
         self._namespaces = _Shared()

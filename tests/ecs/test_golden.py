@@ -24,6 +24,7 @@ from collector.ecs.documents import DocumentBuilder, events_lost_document
 from collector.ecs.enrichment import (
     CgroupPaths,
     Container,
+    Enrichment,
     NameCache,
     NamespaceOwners,
     ProcView,
@@ -78,11 +79,10 @@ def golden_builder() -> DocumentBuilder:
     """The document builder of the collector, in the fixed world of golden_cases."""
     host_ns = HostNamespaces(dict(HOST_NS), "pid 1")
     proc = GoldenProc()
-    return DocumentBuilder(
-        host=HOST, host_ns=host_ns,
-        cgroups=CgroupPaths("/golden", scan=lambda _mount: dict(CGROUP_PATHS)),
-        clock=FixedClock(), names=NameCache(USERS.__getitem__, GROUPS.__getitem__),
-        owners=NamespaceOwners(host_ns, proc), proc=proc)
+    return DocumentBuilder(HOST, Enrichment(
+        host_ns, CgroupPaths("/golden", scan=lambda _mount: dict(CGROUP_PATHS)),
+        FixedClock(), NameCache(USERS.__getitem__, GROUPS.__getitem__),
+        NamespaceOwners(host_ns, proc), proc))
 
 
 def _document(builder: DocumentBuilder, item: Input) -> dict[str, Any]:
