@@ -50,6 +50,11 @@ class PinnedFile:
 
 
 class BashTracker:
+    """Decides, once per executable, whether it is bash, and has new ones probed."""
+
+    # Verdicts kept at most (a build farm runs ever new binaries); past it, start over.
+    MAX_VERDICTS = 16384
+
     def __init__(self, probes: BashProbes, follow_new: bool = True,
                  on_unreadable: Callable[[], None] = lambda: None,
                  pin: Callable[[str], PinnedFile] = PinnedFile,
@@ -70,6 +75,8 @@ class BashTracker:
             return False
         is_bash = self._decide(event)
         if is_bash is not None and exe is not None:
+            if len(self.verdicts) >= self.MAX_VERDICTS:
+                self.verdicts.clear()
             self.verdicts[exe] = is_bash
         return bool(is_bash)
 

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.capture.bash_tracker import BashTracker, PinnedFile
 from collector.capture.records import ExecEvent, ExeId, decode
 from tests.ecs.golden_cases import who
@@ -105,6 +107,15 @@ def test_a_known_file_costs_a_dict_lookup() -> None:
     for _ in range(3):
         assert tracker.on_exec(exec_event()) is False
     assert len(world.opened) == checked
+
+
+def test_verdicts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BashTracker, "MAX_VERDICTS", 3)
+    world = World({f"/proc/{PID}/exe": _st(500)}, bash=set())
+    tracker = world.tracker(world.probes())
+    for generation in range(1, 6):
+        tracker.on_exec(exec_event(generation=generation))
+    assert tracker.verdicts == {ExeId(ST_DEV, 500, 4): False, ExeId(ST_DEV, 500, 5): False}
 
 
 def test_a_new_bash_is_probed_once() -> None:
