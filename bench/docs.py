@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from collector.capture.families import NS_KINDS
 from collector.capture.hostns import HostNamespaces, detect_host_namespaces
-from collector.capture.records import ExecEvent, Who
+from collector.capture.records import ExecEvent, ExeId, Who
 from collector.delivery.chain import SealedDoc, Sealer
 from collector.ecs.documents import Doc, DocumentBuilder
-from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.ecs.enrichment import Enrichment
 from collector.ecs.host import HostInfo, detect_host
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
@@ -54,13 +55,14 @@ def _own_cgroup(mount: str, rel: str) -> tuple[int, bytes]:
 
 
 def _who(n: int, namespaces: dict[str, int], cgroup: tuple[int, bytes], comm: bytes) -> Who:
+    ns = tuple(namespaces.get(kind, 0) for kind in NS_KINDS)
     interactive = n % 3 == 0
     uid = 1000 if interactive else 0
     return Who(
         ktime_ns=time.monotonic_ns(), pid=20000 + n, tid=20000 + n, ppid=1500 + n % 7,
         vpid=20000 + n, uid=uid, euid=uid, gid=uid, egid=uid,
         auid=1000 if interactive else None, sessionid=3 if interactive else None,
-        tty=("pts0", 136, 0) if interactive else None, namespaces=namespaces,
+        tty=("pts0", 136, 0) if interactive else None, ns=ns,
         comm=comm, cgroup_id=cgroup[0], cgroup_name=cgroup[1],
         uts_name=socket.gethostname().encode(),
     )
@@ -77,12 +79,12 @@ def exec_event(n: int, namespaces: dict[str, int], cgroup: tuple[int, bytes]) ->
     )
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
+def _file_identity(path: str) -> ExeId | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return ExeId(st.st_dev, st.st_ino, 0)
 
 
 def _builder(host: HostInfo) -> tuple[DocumentBuilder, HostNamespaces, tuple[int, bytes]]:
@@ -90,9 +92,7 @@ def _builder(host: HostInfo) -> tuple[DocumentBuilder, HostNamespaces, tuple[int
     cgroup events are attributed to."""
     host_ns = detect_host_namespaces()
     mount, rel = cgroup_hierarchy()
-    builder = DocumentBuilder(host=host, host_ns=host_ns, cgroups=CgroupPaths(mount),
-                              clock=WallClock(), names=NameCache(),
-                              owners=NamespaceOwners(host_ns))
+    builder = DocumentBuilder(host, Enrichment.of_host(host_ns, mount))
     return builder, host_ns, _own_cgroup(mount, rel)
 
 

@@ -5,34 +5,25 @@
  * memory is read through those offsets with bpf_probe_read_kernel. Only ABI-stable things
  * (syscall tracepoint formats, pt_regs for the uretprobe's return value) come from BCC.
  *
- * Compile-time constants supplied by collector/probes.py:
+ * Compile-time constants supplied by collector/capture/probes.py:
  *   SELF_TGID          the collector's own pid, never traced (no feedback loop)
  *   HOST_UTS_INUM      PID 1's UTS namespace inode: the nodename is read only when it differs
  *   CGROUP_SUBSYS      -1 for the cgroup v2 hierarchy, else the v1 subsystem id to report
  *   RINGBUF_PAGES, WAKEUP_EVENTS, ARGS_LIMIT, ARGS_BUF, MAX_ARGS, LINE_MAX_BYTES
+ * and from the families table (collector/capture/families.py), which also declares every
+ * record struct below field by field (a test compares them with what BCC compiles):
+ *   KIND_*, LOST_*, LOST_SLOTS, SYSCALL_*, NEW_NS_FLAGS, map sizes (PENDING_EXECS,
+ *   NS_PENDING), TASK_COMM_LEN, TTY_NAME_LEN, CGROUP_NAME_LEN, UTS_LEN, FILENAME_LEN
  */
 
 /* pt_regs (for the uretprobe's return value) is the user-space ABI register frame. */
 #include <uapi/linux/ptrace.h>
-
-#define KIND_EXEC 1
-#define KIND_NS 2
-#define KIND_BASH 3
-
-#define LOST_EXEC 0
-#define LOST_NS 1
-#define LOST_BASH 2
 
 #ifndef BPF_RB_NO_WAKEUP
 #define BPF_RB_NO_WAKEUP 1
 #define BPF_RB_FORCE_WAKEUP 2
 #define BPF_RB_AVAIL_DATA 0
 #endif
-
-#define TASK_COMM_LEN 16
-#define TTY_NAME_LEN 32
-#define CGROUP_NAME_LEN 128
-#define UTS_LEN 65
 
 /* Read a value of `type` at `base + off` in kernel memory; 0 when the read fails. */
 #define KREAD(type, base, off)                                                  \
@@ -78,7 +69,7 @@ struct identity {
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* Failed ring buffer writes per event kind: user space turns growth into events_lost. */
-BPF_PERCPU_ARRAY(lost, u64, 3);
+BPF_PERCPU_ARRAY(lost, u64, LOST_SLOTS);
 /* Records written on this CPU since it last woke the reader. */
 BPF_PERCPU_ARRAY(unwoken, u32, 1);
 

@@ -6,10 +6,6 @@
  * with a negative return (failure). One record per exec, sized to what was captured.
  */
 
-#define SYSCALL_EXECVE 0
-#define SYSCALL_EXECVEAT 1
-#define FILENAME_LEN 512
-
 struct exec_event {
     u32 kind;
     u32 syscall;

@@ -6,14 +6,6 @@
  * refused attempt (EPERM) is an event too.
  */
 
-#define SYSCALL_SETNS 0
-#define SYSCALL_UNSHARE 1
-#define SYSCALL_CLONE 2
-#define SYSCALL_CLONE3 3
-
-#define NEW_NS_FLAGS (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | \
-                      0x10000000 | 0x20000000 | 0x40000000 | 0x00000080)
-
 struct ns_event {
     u32 kind;
     u32 syscall;
@@ -27,7 +19,7 @@ struct ns_event {
     struct identity id;
 };
 
-BPF_TABLE("lru_hash", u32, struct ns_event, ns_pending, 4096);
+BPF_TABLE("lru_hash", u32, struct ns_event, ns_pending, NS_PENDING);
 
 static __always_inline int ns_enter(u32 syscall, s32 fd, u64 flags)
 {

@@ -7,7 +7,6 @@ runs on its own thread behind the spool).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -15,19 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from collector.capture import bashfind
+from collector.capture.bash_tracker import BashTracker
+from collector.capture.families import BASH, FAMILIES
 from collector.capture.hostns import detect_host_namespaces
 from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
 from collector.config import Config
 from collector.ecs.documents import Doc, DocumentBuilder
-from collector.ecs.enrichment import CgroupPaths, NameCache, NamespaceOwners, WallClock
+from collector.ecs.enrichment import Enrichment
 from collector.ecs.host import HostInfo
 from collector.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-KIND_NAMES = {ExecEvent: "exec", BashEvent: "bash"}
 
 
 class DocumentSink(Protocol):
@@ -48,6 +46,7 @@ class Agent:
     on_ready: Callable[[Agent], None] | None = None
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _builder: DocumentBuilder | None = None
+    _bash: BashTracker | None = None
 
     def start(self) -> None:
         """Compile, load and attach; after this returns, events are being captured."""
@@ -56,15 +55,12 @@ class Agent:
         host_ns = detect_host_namespaces()
         assert self.probes.spec is not None
         self._builder = DocumentBuilder(
-            host=self.host,
-            host_ns=host_ns,
-            cgroups=CgroupPaths(self.probes.spec.cgroup_mount),
-            clock=WallClock(),
-            names=NameCache(),
-            owners=NamespaceOwners(host_ns),
-        )
-        self._captured = {kind: self.metrics.capture.events_captured.labels(kind=kind)
-                          for kind in ("exec", "bash", "namespace")}
+            self.host, Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount))
+        if BASH.name in self.probes.families:
+            self._bash = BashTracker(self.probes, self.cfg.capture.follow_new_bash,
+                                     on_unreadable=self.metrics.capture.bash_unchecked.inc)
+        self._captured = {f.label: self.metrics.capture.events_captured.labels(kind=f.label)
+                          for f in FAMILIES}
         self.probes.open(self._on_record)
         for family in self.probes.families:
             self.metrics.capture.probes_attached.labels(family=family).set(1)
@@ -113,7 +109,7 @@ class Agent:
             self.metrics.capture.decode_errors.inc()
             log.warning("undecodable record: %s", exc)
             return
-        kind = KIND_NAMES.get(type(event), "namespace")
+        kind = event.family.label
         if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
             return
         self._captured[kind].inc()
@@ -126,44 +122,15 @@ class Agent:
             return
         self.sink.submit(doc)
         if isinstance(event, ExecEvent) and event.retval == 0:
-            self._follow_bash(event, doc)
+            self._follow_bash(event)
 
-    def _follow_bash(self, event: ExecEvent, doc: Doc) -> None:
+    def _follow_bash(self, event: ExecEvent) -> None:
         """Probe bash binaries that start running but are not probed yet."""
-        if not self.cfg.capture.follow_new_bash or self.probes is None:
-            return
-        if "bash" not in self.probes.families:
-            return
-        # The kernel told us which file ran: known files cost a dict lookup, no syscall.
-        if event.exe is not None and (
-            event.exe in self.probes.bash_probes
-            or (*event.exe, event.exe_generation) in self.probes.known_not_bash
-        ):
-            return
-        exe = doc["process"].get("executable", "")
-        for path in bashfind.exe_candidates(event.who.pid, event.who.ppid, exe):
-            key = bashfind.file_key(path)
-            if key is None or (event.exe is not None and key != event.exe):
-                continue  # gone, or another file by that name now
-            if key in self.probes.bash_probes:
-                return
-            if bashfind.looks_like_bash(path):
-                probe = self.probes.attach_bash(path, hint_pid=event.who.pid)
-                if probe:
-                    self._count_bash_probes()
-            else:
-                self.probes.known_not_bash.add((*key, event.exe_generation))
-            return
+        if self._bash is not None and self._bash.on_exec(event):
+            self._count_bash_probes()
 
     def _is_bash(self, pid: int) -> bool:
-        """Readline probes on a shared libreadline also fire in python, gdb...: keep bash."""
-        assert self.probes is not None
-        if not self.probes.has_library_probes:
-            return True
-        exe = f"/proc/{pid}/exe"
-        # A process gone before we look is given the benefit of the doubt: better an extra
-        # line than a lost bash command.
-        return not os.path.exists(exe) or bashfind.looks_like_bash(exe)
+        return self._bash is None or self._bash.keeps_line(pid)
 
     # -- loss
 

@@ -38,6 +38,10 @@ class CaptureMetrics:
         self.decode_errors = Counter("audit_collector_decode_errors",
                                      "Ring buffer records that could not be decoded.",
                                      registry=registry)
+        self.bash_unchecked = Counter(
+            "audit_collector_bash_follow_unreadable",
+            "Executables not checked for bash: no path to them could be read (e.g. EACCES).",
+            registry=registry)
         self.probes_attached = Gauge("audit_collector_probes_attached",
                                      "Attached probes, by family.", ["family"],
                                      registry=registry)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector.capture import bashfind
+from collector.capture.families import FAMILIES
 from collector.config import Config, outputs_of, parse_listen
 
 
@@ -26,14 +27,9 @@ class CheckResult:
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-TRACEPOINTS = {
-    "exec": ("syscalls/sys_enter_execve", "syscalls/sys_exit_execve",
-             "syscalls/sys_enter_execveat", "syscalls/sys_exit_execveat",
-             "sched/sched_process_exec"),
-    "namespaces": ("syscalls/sys_enter_setns", "syscalls/sys_enter_unshare",
-                   "syscalls/sys_enter_clone", "syscalls/sys_enter_clone3",
-                   "sched/sched_process_fork"),
-}
+# Per family (its config switch), the tracefs directories of the tracepoints it attaches to.
+TRACEPOINTS = {f.name: tuple(tp.tracefs for tp in f.tracepoints)
+               for f in FAMILIES if f.tracepoints}
 # CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 

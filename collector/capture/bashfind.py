@@ -11,7 +11,6 @@ from __future__ import annotations
 import mmap
 import os
 from functools import lru_cache
-from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -121,11 +120,3 @@ def readline_target(path: str, hint_pid: int | None = None) -> tuple[FileKey, st
             if library and key:
                 return key, library, True
     return None
-
-
-def exe_candidates(pid: int, ppid: int, filename: str) -> list[str]:
-    """Paths that reach the file a process exec'd, from inside its mount namespace."""
-    paths = [f"/proc/{pid}/exe"]
-    if filename.startswith("/"):
-        paths += [f"/proc/{pid}/root{filename}", f"/proc/{ppid}/root{filename}"]
-    return [p for p in paths if Path(p).exists()]

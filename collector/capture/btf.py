@@ -19,6 +19,7 @@ from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import Union
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -187,7 +188,7 @@ class MemberLocation:
 
 VOID = BtfType(id=0, kind=Kind.UNKN, name="void")
 
-TypeRef = int | str | BtfType
+TypeRef = Union[int, str, BtfType]
 
 
 class Btf:
@@ -403,12 +404,6 @@ class Btf:
                 return t
         return None
 
-    def find_enum(self, name: str) -> EnumType | None:
-        for t in self.find_all(name, {Kind.ENUM, Kind.ENUM64}):
-            if isinstance(t, EnumType):
-                return t
-        return None
-
     def enum_value(self, enum_name: str, enumerator: str) -> int | None:
         """Value of ``enumerator`` in enum ``enum_name``; None if either is absent."""
         for t in self.find_all(enum_name, {Kind.ENUM, Kind.ENUM64}):
@@ -543,13 +538,6 @@ class Btf:
     def member_type(self, struct_ref: TypeRef, path: str) -> BtfType:
         """Declared type of the member (typedefs kept; use :meth:`strip` to unwrap)."""
         return self.type_by_id(self.locate(struct_ref, path).type_id)
-
-    def has_member(self, struct_ref: TypeRef, path: str) -> bool:
-        try:
-            self.locate(struct_ref, path)
-        except BtfError:
-            return False
-        return True
 
 
 def describe_kind(t: BtfType) -> str:

@@ -23,9 +23,8 @@ recorded in :attr:`OffsetReport.used`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from collector.capture.btf import VMLINUX_BTF, ArrayType, Btf, BtfError
+from collector.capture.btf import ArrayType, Btf, BtfError
 
 
 @dataclass(frozen=True)
@@ -279,15 +278,6 @@ def _drop_disabled(report: OffsetReport, features: dict[str, bool]) -> None:
             report.used.pop(spec.macro, None)
 
 
-def kernel_offsets(btf: Btf) -> dict[str, int]:
-    """All macros for the BPF programs; raises BtfError if a required member is missing."""
-    report = resolve_offsets(btf)
-    if not report.ok:
-        raise BtfError("kernel BTF lacks required members: "
-                       + "; ".join(explain_missing(report, required_only=True)))
-    return report.values
-
-
 def offsets_as_cflags(offsets: dict[str, int]) -> list[str]:
     return [f"-D{name}={value}" for name, value in sorted(offsets.items())]
 
@@ -302,22 +292,3 @@ def explain_missing(report: OffsetReport, required_only: bool = False) -> list[s
         hint = f" ({m.hint})" if m.hint else ""
         lines.append(f"{m.macro}: {m.what}: {m.detail} - {effect}{hint}")
     return lines
-
-
-def offsets_from_headers(build_dir: str | Path | None = None) -> tuple[None, str]:
-    """Hook for kernels without BTF.  Deriving layouts from headers would mean compiling
-    probe objects against headers that exactly match the running kernel, which this
-    collector does not do, so it always returns (None, reason)."""
-    where = f" in {build_dir}" if build_dir else ""
-    return None, (f"offsets from kernel headers{where} are not supported; "
-                  "headers rarely match the running kernel exactly")
-
-
-def load_kernel_offsets(path: str | Path = VMLINUX_BTF) -> OffsetReport:
-    """Load BTF and resolve offsets, falling back to the headers hook without BTF."""
-    if not Path(path).exists():
-        offsets, reason = offsets_from_headers()
-        if offsets is None:
-            raise BtfError(f"no BTF at {path}: the kernel needs CONFIG_DEBUG_INFO_BTF=y "
-                           f"({reason})")
-    return resolve_offsets(Btf.load(path))

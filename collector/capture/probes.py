@@ -21,15 +21,13 @@ from typing import Any
 
 from collector.capture import bashfind
 from collector.capture.btf import Btf
+from collector.capture.families import BASH, FAMILIES, Family, c_constants
 from collector.capture.hostns import detect_host_namespaces
 from collector.capture.malloc import release_free_heap
 from collector.capture.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 from collector.capture.settings import CaptureConfig
 
 log = logging.getLogger(__name__)
-
-FAMILY_SOURCES = {"exec": "exec.c", "namespaces": "namespaces.c", "bash": "bash.c"}
-LOST_KINDS = ("exec", "namespace", "bash")
 
 
 class ProbeError(RuntimeError):
@@ -66,12 +64,21 @@ def cgroup_hierarchy(offsets: dict[str, int]) -> tuple[int, str]:
 class ProgramSpec:
     text: str
     cflags: list[str]
-    families: tuple[str, ...]
+    families: tuple[Family, ...]
     cgroup_mount: str
+    constants: dict[str, int]  # every -D constant but the kernel offsets
+
+    @property
+    def family_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.families)
+
+
+def enabled_families(capture: CaptureConfig) -> tuple[Family, ...]:
+    return tuple(f for f in FAMILIES if getattr(capture, f.name))
 
 
 def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlinux") -> ProgramSpec:
-    families = tuple(f for f in FAMILY_SOURCES if getattr(capture, f))
+    families = enabled_families(capture)
     if not families:
         raise ProbeError("capture: every probe family is disabled; nothing to do")
     report = resolve_offsets(Btf.load(btf_path))
@@ -88,14 +95,25 @@ def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlin
         "ARGS_LIMIT": capture.max_args_bytes,
         "ARGS_BUF": args_buffer_size(capture.max_args_bytes),
         "MAX_ARGS": capture.max_args,
-        # Threads that may be inside execve() at once; each slot holds a whole argv.
-        "PENDING_EXECS": 512,
         "LINE_MAX_BYTES": capture.max_bash_line,
+        **c_constants(),
     }
     cflags = offsets_as_cflags(report.values) + [f"-D{k}={v}" for k, v in constants.items()]
     cflags.append("-Wno-macro-redefined")
-    text = "\n".join([bpf_source("common.h")] + [bpf_source(FAMILY_SOURCES[f]) for f in families])
-    return ProgramSpec(text, cflags, families, mount)
+    text = "\n".join([bpf_source("common.h")] + [bpf_source(f.source) for f in families])
+    return ProgramSpec(text, cflags, families, mount, constants)
+
+
+def check_attached(families: tuple[Family, ...], attached: set[bytes]) -> None:
+    """The programs must attach to exactly the tracepoints the families table declares
+    (those are what `check` verifies before a start)."""
+    declared = {tp.bcc_name for f in families for tp in f.tracepoints}
+    if attached != declared:
+        extra = sorted(n.decode() for n in attached - declared)
+        missing = sorted(n.decode() for n in declared - attached)
+        raise ProbeError(f"BPF programs and the families table disagree on tracepoints: "
+                         f"attached but not declared {extra}, declared but not attached "
+                         f"{missing}")
 
 
 @dataclass
@@ -112,11 +130,8 @@ class Probes:
     capture: CaptureConfig
     spec: ProgramSpec | None = None
     bpf: Any = None
+    # The files readline() is probed in, by (st_dev, st_ino): bash, or its libreadline.
     bash_probes: dict[tuple[int, int], BashProbe] = field(default_factory=dict)
-    # Executables already checked and found not to be bash (by file identity).
-    # (st_dev, st_ino, i_generation) of executables seen not to be bash: the generation,
-    # because a deleted file's inode number is soon given to a new file (a bash copy, say).
-    known_not_bash: set[tuple[int, int, int]] = field(default_factory=set)
     load_seconds: float = 0.0
 
     def load(self) -> None:
@@ -128,7 +143,13 @@ class Probes:
             self.bpf = BPF(text=self.spec.text.encode(), cflags=self.spec.cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
             raise ProbeError(f"BCC could not compile or load the probes: {exc}") from exc
-        if "bash" in self.spec.families:
+        try:
+            check_attached(self.spec.families,
+                           set(self.bpf.tracepoint_fds) | set(self.bpf.raw_tracepoint_fds))
+        except ProbeError:
+            self.close()
+            raise
+        if BASH in self.spec.families:
             for path in bashfind.initial_bash_paths(self.capture.bash_paths):
                 self.attach_bash(path)
         self.load_seconds = time.monotonic() - started
@@ -136,7 +157,8 @@ class Probes:
 
     @property
     def families(self) -> tuple[str, ...]:
-        return self.spec.families if self.spec else ()
+        """Names of the enabled families (their config switches)."""
+        return self.spec.family_names if self.spec else ()
 
     @property
     def has_library_probes(self) -> bool:
@@ -157,14 +179,12 @@ class Probes:
 
     def lost_counts(self) -> dict[str, int]:
         table = self.bpf[b"lost"]
-        counts: dict[str, int] = {}
-        for index, kind in enumerate(LOST_KINDS):
-            per_cpu = table[ctypes.c_int(index)]
-            counts[kind] = int(sum(per_cpu))
-        return counts
+        return {f.label: int(sum(table[ctypes.c_int(f.lost_index)])) for f in FAMILIES}
 
-    def attach_bash(self, path: str, hint_pid: int | None = None) -> BashProbe | None:
-        """Probe readline() of a bash binary (or of the libreadline it links)."""
+    def attach_bash(self, path: str, hint_pid: int | None = None,
+                    name: str | None = None) -> BashProbe | None:
+        """Probe readline() of a bash binary (or of the libreadline it links); `name` is
+        how logs call a bash reached through a held file descriptor (/proc/self/fd/N)."""
         found = bashfind.readline_target(path, hint_pid)
         if found is None:
             return None
@@ -178,9 +198,10 @@ class Probes:
         except Exception as exc:
             log.warning("cannot probe readline in %s: %s", target, exc)
             return None
-        probe = BashProbe(path=path, target=target, library=library)
+        shown = name or path
+        probe = BashProbe(path=shown, target=target if library else shown, library=library)
         self.bash_probes[key] = probe
-        log.info("probing readline() in %s%s", target, " (libreadline)" if library else "")
+        log.info("probing readline() in %s%s", probe.target, " (libreadline)" if library else "")
         return probe
 
     def close(self) -> None:

@@ -1,51 +1,40 @@
 """Raw ring-buffer records -> typed events.
 
-The struct formats below mirror the structs in bpf/*.c field for field (same order, natural
-alignment); tests compare their sizes with the types BCC builds from the C. Records arrive
-trimmed to what was captured, so variable tails (argv, the bash line) are sliced from bytes.
+The layouts come from the families table (families.py); each decoder reads its record's
+fixed part with one unpack and slices the variable tail (argv, the bash line) from the
+bytes, since records arrive trimmed to what was captured.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Union
 
-KIND_EXEC = 1
-KIND_NS = 2
-KIND_BASH = 3
+from collector.capture.families import BASH, EXEC, NAMESPACES, NS_KINDS, Family
 
-EXEC_SYSCALLS = ("execve", "execveat")
-NS_SYSCALLS = ("setns", "unshare", "clone", "clone3")
 UNSET_ID = 0xFFFFFFFF  # (u32)-1: login uid / session id never set
-
-NS_FIELDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup")
-
-
-# struct identity: ktime_ns, cgroup_id, then pid..pad0 (14 x u32/s32), struct ns_set
-# (8 x u32), comm[16], tty_name[32], cgroup_name[128], uts_name[65], pad1[7].
-IDENTITY = struct.Struct("<QQ12Ii4x8I16s32s128s65s7x")
-# struct exec_event header: kind, syscall, retval, argc, args_len, args_truncated,
-# args_fault, exe_dev, exe_ino, exe_gen, pad; identity; filename[512]; then args[] follows.
-EXEC_HEADER = struct.Struct("<IIiIIIIIQI4x")
-FILENAME_LEN = 512
-EXEC_ARGS_OFFSET = EXEC_HEADER.size + IDENTITY.size + FILENAME_LEN
-# struct ns_event: kind, syscall, retval, fd, flags, child_pid, pad, before, after; identity.
-NS_HEADER = struct.Struct("<IIiiQI4x8I8I")
-NS_RECORD_SIZE = NS_HEADER.size + IDENTITY.size
-# struct bash_event: kind, line_len, truncated, pad; identity; then line[].
-BASH_HEADER = struct.Struct("<III4x")
-BASH_LINE_OFFSET = BASH_HEADER.size + IDENTITY.size
 
 
 class DecodeError(ValueError):
     """A record that does not fit any known layout (counted, never fatal)."""
 
 
-@dataclass(slots=True)
-class Who:
-    """Identity of the task an event happened in (see struct identity)."""
+class ExeId(NamedTuple):
+    """The file a successful exec ran, as the kernel saw it: no stat needed."""
 
+    dev: int  # st_dev encoding
+    ino: int
+    generation: int  # i_generation: a freed inode number comes back with another one
+
+
+@dataclass
+class Who:
+    """Identity of the task an event happened in (see IDENTITY in families.py)."""
+
+    __slots__ = ("auid", "cgroup_id", "cgroup_name", "comm", "egid", "euid", "gid",
+                 "ktime_ns", "ns", "pid", "ppid", "sessionid", "tid", "tty", "uid",
+                 "uts_name", "vpid")
     ktime_ns: int
     pid: int
     tid: int
@@ -58,15 +47,32 @@ class Who:
     auid: int | None
     sessionid: int | None
     tty: tuple[str, int, int] | None  # (kernel name, major, minor)
-    namespaces: dict[str, int]
+    ns: tuple[int, ...]  # namespace inodes in NS_KINDS order (hashable: a cache key)
     comm: bytes
     cgroup_id: int
     cgroup_name: bytes
     uts_name: bytes
 
+    @property
+    def namespaces(self) -> dict[str, int]:
+        return _inodes(self.ns)
 
-@dataclass(slots=True)
+
+@dataclass
 class ExecEvent:
+    __slots__ = (
+        "argc",
+        "args",
+        "args_captured_bytes",
+        "args_fault",
+        "args_truncated",
+        "exe",
+        "filename",
+        "retval",
+        "syscall",
+        "who",
+    )
+    family: ClassVar[Family] = EXEC
     who: Who
     syscall: str
     retval: int
@@ -76,13 +82,13 @@ class ExecEvent:
     args_truncated: bool
     args_captured_bytes: int
     args_fault: bool
-    exe: tuple[int, int] | None  # (st_dev, st_ino) of the executable, on success
-    # The inode's i_generation: a freed inode number comes back with another one.
-    exe_generation: int = 0
+    exe: ExeId | None  # on success only
 
 
-@dataclass(slots=True)
+@dataclass
 class NamespaceEvent:
+    __slots__ = ("after", "before", "child_pid", "fd", "flags", "retval", "syscall", "who")
+    family: ClassVar[Family] = NAMESPACES
     who: Who
     syscall: str
     retval: int
@@ -93,40 +99,43 @@ class NamespaceEvent:
     after: dict[str, int]
 
 
-@dataclass(slots=True)
+@dataclass
 class BashEvent:
+    __slots__ = ("line", "truncated", "who")
+    family: ClassVar[Family] = BASH
     who: Who
     line: bytes
     truncated: bool
 
 
-Event = ExecEvent | NamespaceEvent | BashEvent
+Event = Union[ExecEvent, NamespaceEvent, BashEvent]
 
 
 def _cstr(raw: bytes) -> bytes:
     return raw.split(b"\0", 1)[0]
 
 
-def _who(data: bytes, offset: int) -> Who:
-    if len(data) < offset + IDENTITY.size:
-        raise DecodeError(f"record of {len(data)} bytes is too short for its identity")
-    (ktime, cgroup_id, pid, tid, ppid, vpid, uid, euid, gid, egid, auid, sessionid,
-     tty_major, tty_minor, tty_index, *rest) = IDENTITY.unpack_from(data, offset)
-    ns_values, (comm, tty_name, cgroup_name, uts_name) = rest[:8], rest[8:]
+def _inodes(ns_set: tuple[int, ...]) -> dict[str, int]:
+    """An NS_SET's values by namespace kind."""
+    return dict(zip(NS_KINDS, ns_set))
+
+
+def _who(i: Any) -> Who:
+    """`i`: the identity view of a record (IDENTITY's fields by name)."""
     tty = None
-    if tty_index >= 0:
-        tty = (_cstr(tty_name).decode("ascii", "replace"), tty_major, tty_minor)
+    if i.tty_index >= 0:
+        tty = (_cstr(i.tty_name).decode("ascii", "replace"), i.tty_major, i.tty_minor)
     return Who(
-        ktime_ns=ktime, pid=pid, tid=tid, ppid=ppid, vpid=vpid, uid=uid, euid=euid,
-        gid=gid, egid=egid,
-        auid=None if auid == UNSET_ID else auid,
-        sessionid=None if sessionid == UNSET_ID else sessionid,
+        ktime_ns=i.ktime_ns, pid=i.pid, tid=i.tid, ppid=i.ppid, vpid=i.vpid, uid=i.uid,
+        euid=i.euid, gid=i.gid, egid=i.egid,
+        auid=None if i.auid == UNSET_ID else i.auid,
+        sessionid=None if i.sessionid == UNSET_ID else i.sessionid,
         tty=tty,
-        namespaces=dict(zip(NS_FIELDS, ns_values, strict=True)),
-        comm=_cstr(comm),
-        cgroup_id=cgroup_id,
-        cgroup_name=_cstr(cgroup_name),
-        uts_name=_cstr(uts_name),
+        ns=i.ns,
+        comm=_cstr(i.comm),
+        cgroup_id=i.cgroup_id,
+        cgroup_name=_cstr(i.cgroup_name),
+        uts_name=_cstr(i.uts_name),
     )
 
 
@@ -139,56 +148,70 @@ def split_args(blob: bytes) -> list[bytes]:
     return blob.split(b"\0")
 
 
+def _check_length(data: bytes, family: Family) -> None:
+    if len(data) < family.layout.fixed_size:
+        raise DecodeError(f"{family.label} record of {len(data)} bytes is too short "
+                          f"(struct {family.layout.name} needs {family.layout.fixed_size})")
+
+
+def _syscall(family: Family, index: int) -> str:
+    if index >= len(family.syscalls):
+        raise DecodeError(f"{family.label} record names syscall index {index}; "
+                          f"the families table knows {family.syscalls}")
+    return family.syscalls[index]
+
+
+_ARGS_AT = EXEC.layout.fixed_size
+
+
 def decode_exec(data: bytes) -> ExecEvent:
-    if len(data) < EXEC_ARGS_OFFSET:
-        raise DecodeError(f"exec record of {len(data)} bytes is too short")
-    (_kind, syscall, retval, argc, args_len, truncated, fault, kdev, ino, generation) = \
-        EXEC_HEADER.unpack_from(data)
-    who = _who(data, EXEC_HEADER.size)
-    filename = _cstr(data[EXEC_ARGS_OFFSET - FILENAME_LEN:EXEC_ARGS_OFFSET])
-    tail = data[EXEC_ARGS_OFFSET:EXEC_ARGS_OFFSET + args_len]
+    _check_length(data, EXEC)
+    r = EXEC.layout.unpack_from(data)
+    tail = data[_ARGS_AT:_ARGS_AT + r.args_len]
+    kdev = r.exe_dev
     return ExecEvent(
-        who=who,
-        syscall=EXEC_SYSCALLS[syscall] if syscall < 2 else str(syscall),
-        retval=retval,
-        filename=filename,
+        who=_who(r.id),
+        syscall=_syscall(EXEC, r.syscall),
+        retval=r.retval,
+        filename=_cstr(r.filename),
         args=split_args(tail),
-        argc=argc,
-        args_truncated=bool(truncated),
+        argc=r.argc,
+        args_truncated=bool(r.args_truncated),
         args_captured_bytes=len(tail),
-        args_fault=bool(fault),
+        args_fault=bool(r.args_fault),
         # The kernel's dev_t is major << 20 | minor; st_dev uses the user-space encoding.
-        exe=(os.makedev(kdev >> 20, kdev & 0xFFFFF), ino) if ino else None,
-        exe_generation=generation,
+        exe=ExeId(os.makedev(kdev >> 20, kdev & 0xFFFFF), r.exe_ino, r.exe_gen)
+        if r.exe_ino else None,
     )
 
 
 def decode_namespace(data: bytes) -> NamespaceEvent:
-    if len(data) < NS_RECORD_SIZE:
-        raise DecodeError(f"namespace record of {len(data)} bytes is too short")
-    (_kind, syscall_no, retval, fd, flags, child_pid, *inodes) = NS_HEADER.unpack_from(data)
-    syscall = NS_SYSCALLS[syscall_no] if syscall_no < len(NS_SYSCALLS) else str(syscall_no)
+    _check_length(data, NAMESPACES)
+    r = NAMESPACES.layout.unpack_from(data)
+    syscall = _syscall(NAMESPACES, r.syscall)
     return NamespaceEvent(
-        who=_who(data, NS_HEADER.size),
+        who=_who(r.id),
         syscall=syscall,
-        retval=retval,
-        fd=fd if syscall == "setns" else None,
-        flags=flags,
-        child_pid=child_pid or None,
-        before=dict(zip(NS_FIELDS, inodes[:8], strict=True)),
-        after=dict(zip(NS_FIELDS, inodes[8:], strict=True)),
+        retval=r.retval,
+        fd=r.fd if syscall == "setns" else None,
+        flags=r.flags,
+        child_pid=r.child_pid or None,
+        before=_inodes(r.before),
+        after=_inodes(r.after),
     )
 
 
+_LINE_AT = BASH.layout.fixed_size
+
+
 def decode_bash(data: bytes) -> BashEvent:
-    if len(data) < BASH_LINE_OFFSET:
-        raise DecodeError(f"bash record of {len(data)} bytes is too short")
-    (_kind, line_len, truncated) = BASH_HEADER.unpack_from(data)
-    line = data[BASH_LINE_OFFSET:BASH_LINE_OFFSET + line_len]
-    return BashEvent(who=_who(data, BASH_HEADER.size), line=line, truncated=bool(truncated))
+    _check_length(data, BASH)
+    r = BASH.layout.unpack_from(data)
+    line = data[_LINE_AT:_LINE_AT + r.line_len]
+    return BashEvent(who=_who(r.id), line=line, truncated=bool(r.truncated))
 
 
-DECODERS = {KIND_EXEC: decode_exec, KIND_NS: decode_namespace, KIND_BASH: decode_bash}
+DECODERS = {EXEC.kind: decode_exec, NAMESPACES.kind: decode_namespace, BASH.kind: decode_bash}
 
 
 def decode(data: bytes) -> Event:

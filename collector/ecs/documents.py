@@ -14,36 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import __version__
-from collector.capture.hostns import HostNamespaces
+from collector.capture.families import CLONE_FLAGS, LOSS_DATASET, NS_KINDS
 from collector.capture.records import BashEvent, Event, ExecEvent, NamespaceEvent, Who
-from collector.ecs.enrichment import (
-    CgroupPaths,
-    Container,
-    NameCache,
-    NamespaceOwners,
-    WallClock,
-    container_from_cgroup,
-    executable_path,
-    iso_utc_ns,
-    tty_display_name,
-)
+from collector.ecs.enrichment import Doc, Enrichment, iso_utc_ns, tty_display_name
 from collector.ecs.host import HostInfo
 from collector.fields import CUSTOM_ROOT, ECS_VERSION
 
-Doc = dict[str, Any]
-
-CLONE_FLAGS = {
-    0x00020000: ("CLONE_NEWNS", "mnt"),
-    0x02000000: ("CLONE_NEWCGROUP", "cgroup"),
-    0x04000000: ("CLONE_NEWUTS", "uts"),
-    0x08000000: ("CLONE_NEWIPC", "ipc"),
-    0x10000000: ("CLONE_NEWUSER", "user"),
-    0x20000000: ("CLONE_NEWPID", "pid"),
-    0x40000000: ("CLONE_NEWNET", "net"),
-    0x00000080: ("CLONE_NEWTIME", "time"),
-}
-NS_KINDS_REPORTED = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup")
-
+__all__ = ["Doc", "DocumentBuilder", "events_lost_document"]
 
 # --------------------------------------------------------------------------- text
 
@@ -100,22 +77,6 @@ def errno_name(retval: int) -> str:
     return errno.errorcode.get(-retval, f"E{-retval}")
 
 
-CACHE_LIMIT = 4096
-DATASETS = {"exec": "audit_collector.process", "setns": "audit_collector.namespace",
-            "unshare": "audit_collector.namespace", "clone": "audit_collector.namespace",
-            "bash_command": "audit_collector.bash"}
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= CACHE_LIMIT:
-        cache.clear()  # simple and bounded; refilling is cheap
-    cache[key] = value
-
-
-def _named(ident: int, name: str | None) -> Doc:
-    return {"id": str(ident), "name": name} if name is not None else {"id": str(ident)}
-
-
 def _prune(value: Any) -> Any:
     """Drop None values and empty objects so documents carry only what is known."""
     if isinstance(value, dict):
@@ -129,12 +90,18 @@ def _prune(value: Any) -> Any:
 
 @dataclass
 class DocumentBuilder:
+    """Assembles documents from an event's own values and the enrichment's shared
+    sub-objects (see Enrichment: the one cache of the document path)."""
+
     host: HostInfo
-    host_ns: HostNamespaces
-    cgroups: CgroupPaths
-    clock: WallClock
-    names: NameCache
-    owners: NamespaceOwners
+    enrich: Enrichment
+
+    def __post_init__(self) -> None:
+        self._static = {
+            "ecs": {"version": ECS_VERSION},
+            "agent": {"type": "audit-collector", "version": __version__, "name": self.host.name},
+            "host": self.host.ecs(),
+        }
 
     def build(self, event: Event) -> Doc:
         if isinstance(event, ExecEvent):
@@ -144,25 +111,13 @@ class DocumentBuilder:
         return self.bash_document(event)
 
     # -- common parts
-    #
-    # An exec storm repeats the same users, cgroups and namespaces thousands of times a
-    # second, so those sub-objects are built once and shared by the documents (read-only).
 
-    def __post_init__(self) -> None:
-        self._static = {
-            "ecs": {"version": ECS_VERSION},
-            "agent": {"type": "audit-collector", "version": __version__, "name": self.host.name},
-            "host": self.host.ecs(),
-        }
-        self._cgroup_cache: dict[int, tuple[Doc, Doc | None]] = {}
-        self._ns_cache: dict[tuple[int, ...], Doc] = {}
-        self._user_cache: dict[tuple[int, int, int | None], Doc] = {}
-        self._group_cache: dict[int, Doc] = {}
-
-    def base(self, who: Who, action: str, category: str, etype: str, outcome: str) -> Doc:
-        cgroup, container = self._cgroup(who)
-        custom: Doc = {"cgroup": cgroup, "vpid": who.vpid, "namespaces": self._namespaces(
-            who, container)}
+    def base(self, event: Event, action: str, category: str, etype: str, outcome: str) -> Doc:
+        who = event.who
+        enrich = self.enrich
+        cgroup, container = enrich.cgroup(who)
+        custom: Doc = {"cgroup": cgroup, "vpid": who.vpid,
+                       "namespaces": enrich.namespaces(who, container)}
         if who.sessionid is not None:
             custom["session_id"] = who.sessionid
         if who.tty:
@@ -171,7 +126,7 @@ class DocumentBuilder:
         if uts:
             custom["uts_hostname"] = uts
         doc: Doc = {
-            "@timestamp": iso_utc_ns(self.clock.to_wall_ns(who.ktime_ns)),
+            "@timestamp": enrich.timestamp(who.ktime_ns),
             **self._static,
             "event": {
                 "kind": "event",
@@ -180,45 +135,17 @@ class DocumentBuilder:
                 "action": action,
                 "outcome": outcome,
                 "module": "audit_collector",
-                "dataset": DATASETS[action],
-                "created": iso_utc_ns(time.time_ns()),
+                "dataset": event.family.dataset,
+                "created": enrich.created(),
             },
             "process": self._process(who),
-            "user": self._user(who),
-            "group": self._group(who.gid),
+            "user": enrich.user(who),
+            "group": enrich.group(who.gid),
             CUSTOM_ROOT: custom,
         }
         if container:
             doc["container"] = container
         return doc
-
-    def _cgroup(self, who: Who) -> tuple[Doc, Doc | None]:
-        hit = self._cgroup_cache.get(who.cgroup_id)
-        if hit is not None:
-            return hit
-        leaf = who.cgroup_name.decode("utf-8", "replace")
-        path = self.cgroups.path(who.cgroup_id, leaf)
-        found = container_from_cgroup(path) or container_from_cgroup("/" + leaf)
-        result = ({"path": path, "id": who.cgroup_id}, _container(found))
-        if not path.startswith("..."):  # only resolved paths are final
-            _remember(self._cgroup_cache, who.cgroup_id, result)
-        return result
-
-    def _namespaces(self, who: Who, container: Doc | None) -> Doc:
-        key = tuple(who.namespaces[k] for k in NS_KINDS_REPORTED)
-        hit = self._ns_cache.get(key)
-        if hit is not None:
-            return hit
-        differ = self.host_ns.differing(who.namespaces)
-        ns: Doc = {k: v for k, v in zip(NS_KINDS_REPORTED, key, strict=True) if v}
-        ns["host"] = not differ
-        if differ:
-            ns["differ"] = differ
-        found = Container(container["id"], container["runtime"]) if container else None
-        for kind in ("mnt", "pid", "net", "uts", "ipc"):
-            self.owners.learn(kind, who.namespaces.get(kind, 0), who.pid, found)
-        _remember(self._ns_cache, key, ns)
-        return ns
 
     def _process(self, who: Who) -> Doc:
         process: Doc = {
@@ -232,25 +159,6 @@ class DocumentBuilder:
             process["tty"] = {"char_device": {"major": who.tty[1], "minor": who.tty[2]}}
         return process
 
-    def _user(self, who: Who) -> Doc:
-        key = (who.uid, who.euid, who.auid)
-        hit = self._user_cache.get(key)
-        if hit is not None:
-            return hit
-        user: Doc = _named(who.uid, self.names.user(who.uid))
-        user["effective"] = _named(who.euid, self.names.user(who.euid))
-        if who.auid is not None:
-            user["audit"] = _named(who.auid, self.names.user(who.auid))
-        _remember(self._user_cache, key, user)
-        return user
-
-    def _group(self, gid: int) -> Doc:
-        hit = self._group_cache.get(gid)
-        if hit is None:
-            hit = _named(gid, self.names.group(gid))
-            _remember(self._group_cache, gid, hit)
-        return hit
-
     def _uts_hostname(self, who: Who) -> str | None:
         name = who.uts_name.decode("utf-8", "replace")
         return name if name and name != self.host.name else None
@@ -259,12 +167,12 @@ class DocumentBuilder:
 
     def exec_document(self, event: ExecEvent) -> Doc:
         outcome = "success" if event.retval == 0 else "failure"
-        doc = self.base(event.who, "exec", "process", "start", outcome)
+        doc = self.base(event, "exec", "process", "start", outcome)
         args, escaped_args = texts(event.args)
         (filename,), escaped_name = texts([event.filename])
         escaped = escaped_args or escaped_name
         process = doc["process"]
-        process["executable"] = executable_path(event.who.pid, filename)
+        process["executable"] = self.enrich.executable(event.who.pid, filename)
         if event.retval != 0:
             process["name"] = os.path.basename(filename) or process["name"]
         process["args"] = args
@@ -287,11 +195,12 @@ class DocumentBuilder:
 
     def namespace_document(self, event: NamespaceEvent) -> Doc:
         outcome = "success" if event.retval >= 0 else "failure"
-        doc = self.base(event.who, event.syscall.rstrip("3"), "process", "change", outcome)
-        flag_names = [name for bit, (name, _k) in CLONE_FLAGS.items() if event.flags & bit]
-        requested = [kind for bit, (_n, kind) in CLONE_FLAGS.items() if event.flags & bit]
+        doc = self.base(event, event.syscall.rstrip("3"), "process", "change", outcome)
+        flags = [f for f in CLONE_FLAGS if event.flags & f.bit]
+        flag_names = [f.name for f in flags]
+        requested = [f.kind for f in flags]
         after = event.after if outcome == "success" else {}
-        changed = [k for k in NS_KINDS_REPORTED
+        changed = [k for k in NS_KINDS
                    if after.get(k) and event.before.get(k) and after[k] != event.before[k]]
         kinds = requested or [k for k in changed if k != "pid_for_children"]
         if event.syscall == "setns" and "pid_for_children" in changed and "pid" not in kinds:
@@ -303,11 +212,11 @@ class DocumentBuilder:
             "changed": changed or None,
             "fd": event.fd,
             "child_pid": event.child_pid,
-            "before": {k: event.before.get(k) or None for k in NS_KINDS_REPORTED},
-            "after": {k: after.get(k) or None for k in NS_KINDS_REPORTED} if after else None,
+            "before": {k: event.before.get(k) or None for k in NS_KINDS},
+            "after": {k: after.get(k) or None for k in NS_KINDS} if after else None,
         }
         if event.syscall == "setns" and after:
-            ns["target"] = self._setns_target(after, changed)
+            ns["target"] = self.enrich.setns_target(after, changed, event.who.pid)
         doc[CUSTOM_ROOT]["ns"] = _prune(ns)
         if outcome == "failure":
             doc["error"] = {"code": errno_name(event.retval), "message": os.strerror(-event.retval)}
@@ -315,20 +224,10 @@ class DocumentBuilder:
         doc["message"] = f"{event.syscall} {','.join(kinds) or '-'} {outcome}"
         return doc
 
-    def _setns_target(self, after: dict[str, int], changed: list[str]) -> Doc | None:
-        for kind in ("mnt", "pid_for_children", "net", "uts", "ipc"):
-            if kind not in changed:
-                continue
-            owner = self.owners.owner("pid" if kind == "pid_for_children" else kind, after[kind])
-            if owner:
-                pid, container = owner
-                return {"pid": pid, "container_id": container.id if container else None}
-        return None
-
     # -- bash
 
     def bash_document(self, event: BashEvent) -> Doc:
-        doc = self.base(event.who, "bash_command", "process", "info", "success")
+        doc = self.base(event, "bash_command", "process", "info", "success")
         (line,), escaped = texts([event.line])
         doc[CUSTOM_ROOT]["bash"] = {
             "line": line,
@@ -340,17 +239,12 @@ class DocumentBuilder:
         return doc
 
 
-def _container(container: Container | None) -> Doc | None:
-    if container is None:
-        return None
-    return {"id": container.id, "runtime": container.runtime}
-
-
 def events_lost_document(
-    host: HostInfo, counts: dict[str, int], source: str, extra: dict[str, Any] | None = None
+    host: HostInfo, counts: dict[str, int], source: str, extra: dict[str, Any] | None = None,
+    now_ns: int | None = None,
 ) -> Doc:
     """A document that makes a gap visible: how many events of each kind were lost, where."""
-    now = time.time_ns()
+    now = time.time_ns() if now_ns is None else now_ns
     lost: Doc = {"source": source, **counts, **(extra or {})}
     summary = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
     return {
@@ -365,7 +259,7 @@ def events_lost_document(
             "action": "events_lost",
             "outcome": "failure",
             "module": "audit_collector",
-            "dataset": "audit_collector.loss",
+            "dataset": LOSS_DATASET,
             "created": iso_utc_ns(now),
         },
         "message": f"events lost ({source}): {summary}",
