@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +83,26 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def spool_with(path: Path, last: int, acked: int = 0, **overrides: object) -> None:
+    """A closed spool at path holding records 1..last, the first `acked` acknowledged."""
+    spool = Spool(spool_cfg(path, **overrides))
+    fill(spool, 1, last)
+    if acked:
+        spool.ack(spool.read_batch(acked, 1 << 30))
+    spool.close()
+
+
+def rewrite(path: Path, edit: Callable[[bytearray], object]) -> None:
+    """Change a file's bytes in place (damage a segment)."""
+    raw = bytearray(path.read_bytes())
+    edit(raw)
+    path.write_bytes(bytes(raw))
+
+
+def flip_byte(at: int) -> Callable[[bytearray], None]:
+    def edit(raw: bytearray) -> None:
+        raw[at] ^= 0xFF
+
+    return edit

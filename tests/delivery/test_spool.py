@@ -15,12 +15,15 @@ from collector.delivery.spool import HEADER_SIZE, Spool
 from tests.delivery.spool_support import (
     PAYLOAD,
     fill,
+    flip_byte,
     open_spool,
     read_all,
+    rewrite,
     sample,
     segments,
     small_tmpfs,
     spool_cfg,
+    spool_with,
 )
 
 
@@ -67,13 +70,9 @@ def test_torn_tail_is_cut_and_good_records_kept(tmp_path: Path) -> None:
 
 
 def test_flipped_byte_in_older_segment_reports_the_unreadable_range(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path))
-    fill(spool, 1, 200)
-    spool.close()
-    oldest = segments(tmp_path)[0]
-    raw = bytearray(oldest.read_bytes())
-    raw[HEADER_SIZE + 20 * 250] ^= 0xFF  # somewhere around the 20th record
-    oldest.write_bytes(bytes(raw))
+    spool_with(tmp_path, 200)
+    at = HEADER_SIZE + 20 * 250  # somewhere around the 20th record
+    rewrite(segments(tmp_path)[0], flip_byte(at))
 
     again, drops, _ = open_spool(spool_cfg(tmp_path))
     losses = drops.take()

@@ -24,11 +24,14 @@ from collector.delivery.statefiles import UnsafeDirectory
 from tests.delivery.spool_support import (
     PAYLOAD,
     fill,
+    flip_byte,
     open_spool,
     read_all,
+    rewrite,
     sample,
     segments,
     spool_cfg,
+    spool_with,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,10 +189,7 @@ def read_ack(path: Path) -> dict:
 def test_ack_cursor_inside_a_record_resumes_at_that_record(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spool = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
-    fill(spool, 1, 50)
-    spool.ack(spool.read_batch(10, 1 << 20))
-    spool.close()
+    spool_with(tmp_path, 50, acked=10, segment_bytes=1 << 20)
     ack = read_ack(tmp_path)
     write_ack(tmp_path, ack["segment"], ack["offset"] + 5)  # inside record 11
 
@@ -223,10 +223,7 @@ def test_damage_at_the_cursor_found_while_shipping_is_skipped_and_reported(
 def test_ack_beyond_the_last_segment_deletes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spool = Spool(spool_cfg(tmp_path))
-    fill(spool, 1, 200)
-    spool.ack(spool.read_batch(5, 1 << 20))
-    spool.close()
+    spool_with(tmp_path, 200, acked=5)
     before = segments(tmp_path)
     write_ack(tmp_path, 10**9, 100)
 
@@ -243,15 +240,16 @@ def test_ack_beyond_the_last_segment_deletes_nothing(
 
 
 def test_damage_inside_the_newest_segment_keeps_the_records_after_it(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
-    fill(spool, 1, 50)
-    spool.close()
+    spool_with(tmp_path, 50, segment_bytes=1 << 20)
     [seg] = segments(tmp_path)
-    raw = bytearray(seg.read_bytes())
-    record = len(encode_record(20, "id-20", PAYLOAD % 20))  # records 10..50: one size
-    start = raw.index(encode_record(20, "id-20", PAYLOAD % 20)) + 30  # inside 20, to 22
-    raw[start:start + 2 * record + 10] = bytes(2 * record + 10)
-    seg.write_bytes(bytes(raw))
+    record_20 = encode_record(20, "id-20", PAYLOAD % 20)
+    record = len(record_20)  # records 10..50: one size
+    start = seg.read_bytes().index(record_20) + 30  # inside 20, through 22
+
+    def zero(raw: bytearray) -> None:
+        raw[start:start + 2 * record + 10] = bytes(2 * record + 10)
+
+    rewrite(seg, zero)
 
     again, drops, metrics = open_spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
     assert runs(drops.take()) == [(20, 22, "corrupt")]
@@ -262,9 +260,7 @@ def test_damage_inside_the_newest_segment_keeps_the_records_after_it(tmp_path: P
 
 
 def test_torn_tail_after_damage_is_still_cut_without_a_report(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
-    fill(spool, 1, 50)
-    spool.close()
+    spool_with(tmp_path, 50, segment_bytes=1 << 20)
     [seg] = segments(tmp_path)
     raw = bytearray(seg.read_bytes())
     raw[HEADER_SIZE + 100] ^= 0xFF  # record 1 is damaged, 2.. are intact
@@ -278,14 +274,10 @@ def test_torn_tail_after_damage_is_still_cut_without_a_report(tmp_path: Path) ->
 
 
 def test_damage_right_at_the_cursor_is_reported(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
-    fill(spool, 1, 50)
-    spool.ack(spool.read_batch(10, 1 << 20))
-    spool.close()
+    spool_with(tmp_path, 50, acked=10, segment_bytes=1 << 20)
     [seg] = segments(tmp_path)
-    raw = bytearray(seg.read_bytes())
-    raw[read_ack(tmp_path)["offset"] + 100] ^= 0xFF  # record 11, right at the cursor
-    seg.write_bytes(bytes(raw))
+    at = read_ack(tmp_path)["offset"] + 100  # inside record 11, right at the cursor
+    rewrite(seg, flip_byte(at))
 
     again, drops, _ = open_spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
     assert runs(drops.take()) == [(11, 11, "corrupt")]
@@ -308,9 +300,7 @@ def segment_seqs(path: Path) -> list[list[int]]:
 def test_unreadable_older_segment_is_reported_from_its_neighbours(
     tmp_path: Path, damage: str
 ) -> None:
-    spool = Spool(spool_cfg(tmp_path / "spool"))
-    fill(spool, 1, 300)
-    spool.close()
+    spool_with(tmp_path / "spool", 300)
     per_segment = segment_seqs(tmp_path / "spool")
     victim = segments(tmp_path / "spool")[1]
     victim.write_bytes(b"" if damage == "zero-length" else os.urandom(victim.stat().st_size))
@@ -323,10 +313,7 @@ def test_unreadable_older_segment_is_reported_from_its_neighbours(
 
 
 def test_unreadable_first_segment_is_bounded_by_the_saved_ack(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path / "spool"))
-    fill(spool, 1, 300)
-    spool.ack(spool.read_batch(10, 1 << 20))
-    spool.close()
+    spool_with(tmp_path / "spool", 300, acked=10)
     per_segment = segment_seqs(tmp_path / "spool")
     segments(tmp_path / "spool")[0].write_bytes(b"")
 
@@ -336,13 +323,12 @@ def test_unreadable_first_segment_is_bounded_by_the_saved_ack(tmp_path: Path) ->
 
 
 def test_bad_magic_with_intact_records_loses_nothing(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path))
-    fill(spool, 1, 300)
-    spool.close()
-    victim = segments(tmp_path)[1]
-    raw = bytearray(victim.read_bytes())
-    raw[:HEADER_SIZE] = b"XXXXXXXX"
-    victim.write_bytes(bytes(raw))
+    spool_with(tmp_path, 300)
+
+    def bad_magic(raw: bytearray) -> None:
+        raw[:HEADER_SIZE] = b"XXXXXXXX"
+
+    rewrite(segments(tmp_path)[1], bad_magic)
 
     again, drops, _ = open_spool(spool_cfg(tmp_path))
     assert drops.take() == []
