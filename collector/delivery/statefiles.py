@@ -20,6 +20,7 @@ from pathlib import Path
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+LOOSE_DIR_BITS = 0o027  # the role makes state directories 0750 root:root: left as they are
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.tmp$")
 
 
@@ -28,8 +29,9 @@ class UnsafeDirectory(OSError):
 
 
 def open_private_dir(path: Path, what: str) -> int:
-    """An O_DIRECTORY descriptor of path (created 0700 when missing, tightened to 0700 when
-    looser). Refused: a symlink, a non-directory, a directory of another user."""
+    """An O_DIRECTORY descriptor of path (created 0700 when missing, set to 0700 when others
+    may enter it or its group may write). Refused: a symlink, a non-directory, a directory
+    of another user."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, DIR_MODE)
@@ -45,7 +47,7 @@ def open_private_dir(path: Path, what: str) -> int:
         os.close(fd)
         raise UnsafeDirectory(f"{what} {path} is owned by uid {st.st_uid}, not by this user "
                               f"(uid {os.geteuid()}); refusing to use it")
-    if stat.S_IMODE(st.st_mode) != DIR_MODE:
+    if stat.S_IMODE(st.st_mode) & LOOSE_DIR_BITS:
         os.fchmod(fd, DIR_MODE)
     return fd
 
