@@ -398,3 +398,19 @@ def test_clean_restarts_find_nothing(tmp_path: Path, caplog: pytest.LogCaptureFi
         assert read_all(again) == list(range(301, 311))
     assert list(again.findings) == [] and drops.take() == []
     assert [r.getMessage() for r in caplog.records if r.name.endswith("spool")] == []
+
+
+def test_damaged_last_record_is_bounded_by_the_next_record_read(tmp_path: Path) -> None:
+    """Not a torn tail (the record is whole, its CRC is wrong) and nothing intact after it:
+    cut, and the sequences in it are reported once the next record shows where they end."""
+    spool_with(tmp_path, 50, segment_bytes=1 << 20)
+    [seg] = segments(tmp_path)
+    rewrite(seg, flip_byte(seg.stat().st_size - 10))
+
+    again, drops, _ = open_spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
+    assert read_all(again) == list(range(1, 50))
+    assert drops.take() == []
+    fill(again, 51, 60)
+    assert read_all(again) == list(range(51, 61))
+    assert runs(drops.take()) == [(50, 50, "corrupt")]
+    assert [f.kind for f in again.findings] == ["damage"]
