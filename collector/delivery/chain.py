@@ -3,12 +3,22 @@
 Design
 ------
 * Every document gets ``event.sequence``: one counter per host, monotonic across restarts and
-  boots. The counter never reuses a number that reached a durable place: at start the sealer
-  takes the highest of (its state file, the spool's last record, the file sinks' last line)
-  and continues after it. A host whose state was wiped (no state file, empty spool) starts a
-  new chain at the wall clock in microseconds, which is above any earlier sequence of that
-  host as long as the clock did not go back and the earlier chain averaged under a million
-  documents per second; this keeps ``_id`` values from colliding with an old chain's.
+  boots. A number is never issued twice, even when the spool's tail is lost together with a
+  stale state file: before sealing, the sealer records in its state file (durably) that the
+  next block of numbers (``RESERVE_BLOCK``) may be used; the checkpoint at each tick extends
+  the reservation ahead of use, so events rarely wait for it. At start it continues above
+  the highest of (its state file's head, the spool's last record, the file sinks' last line)
+  and, after an unclean stop (the reservation was not given back by the final checkpoint),
+  above the reserved block: those numbers are skipped, and since nothing was sealed between,
+  the next document links straight to the last recovered one (`verify` names the skip).
+  A host whose state was wiped (no state file, empty spool) starts a new chain at the wall
+  clock in microseconds, which is above any earlier sequence of that host as long as the
+  clock did not go back and the earlier chain averaged under a million documents per second;
+  this keeps ``_id`` values from colliding with an old chain's. An invalid state file (not
+  JSON, a sequence outside 0..2^62, a hash that is not SHA-256 hex, a symlink) is reported
+  (`Sealer.state_problem`, one log line) and ignored: the chain continues above the other
+  recovery points and the wall clock. The state file is 0600, replaced atomically through a
+  temporary file that is never a planted symlink (statefiles.py).
 * ``_id`` is ``<host.id>-<boot id at sealing>-<sequence>``: a replayed record is answered 409
   (already stored), so delivery is exactly once.
 * ``audit_collector.chain.hash`` = SHA-256 hex of ``prev`` (UTF-8) followed by the canonical
@@ -29,7 +39,9 @@ Design
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +50,18 @@ from typing import Any, Protocol
 import orjson
 
 from collector.delivery.metrics import DeliveryMetrics
+from collector.delivery.statefiles import open_dir, read_file, remove_stale_temps, replace_file
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "chain.state"
+STATE_MAX_BYTES = 4096
 CHECKPOINT_INTERVAL_S = 1.0
 GENESIS_PREV = ""
-
+MAX_START_SEQ = 1 << 62  # see valid_seq
+RESERVE_BLOCK = 1 << 16  # sequences reserved on disk ahead of use
+RESERVE_RETRY_S = 1.0
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class HostIdentity(Protocol):
@@ -142,8 +161,52 @@ def point_of(data: bytes) -> ChainPoint | None:
     return ChainPoint(seq, chain[1])
 
 
+@dataclass(frozen=True)
+class _State:
+    """The state file: the head, and the highest sequence reserved for use."""
+
+    head: ChainPoint
+    reserved: int
+
+
+def valid_seq(seq: object) -> bool:
+    """A sequence a chain may continue from: an int in 0..2^62 (event.sequence is an
+    Elasticsearch long; a start near 2^63 would run out)."""
+    return isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < MAX_START_SEQ
+
+
+def parse_state(body: bytes) -> _State | str:
+    """The state file's content, or why it cannot be used."""
+    try:
+        state = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(state, dict):
+        return f"not a JSON object: {_short(state)}"
+    seq, digest = state.get("seq"), state.get("hash")
+    reserved = state.get("reserved", seq)  # files written before reservations: seq
+    if not valid_seq(seq):
+        return f"seq {_short(seq)} is not an integer in 0..2^62"
+    if not (isinstance(digest, str) and (digest == GENESIS_PREV or _HASH_RE.fullmatch(digest))):
+        return f"hash {_short(digest)} is not a SHA-256 hex digest"
+    if not (valid_seq(reserved) and reserved >= seq):
+        return f"reserved {_short(reserved)} is not an integer in seq..2^62"
+    return _State(ChainPoint(seq, digest), reserved)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class Sealer:
-    """Numbers and chains documents; one instance per process, used from one thread."""
+    """Numbers and chains documents; one instance per process, used from one thread.
+
+    After construction: `state_problem` says why the state file was not used (invalid or
+    unreadable: reported, then ignored), `skipped` which sequences were passed over at the
+    start (reserved before an unclean stop), and `write_problem` why the state cannot be
+    saved right now (None when it can).
+    """
 
     def __init__(
         self,
@@ -153,16 +216,16 @@ class Sealer:
         metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._host = host
-        self._state_path = Path(state_dir) / STATE_FILE
-        candidates = [self._load_state(), *recovered]
-        known = [p for p in candidates if p is not None]
-        if known:
-            self._head = max(known, key=lambda p: p.seq)
-        else:
-            # Fresh state: start above any earlier chain of this host (see module docstring).
-            self._head = ChainPoint(time.time_ns() // 1000, GENESIS_PREV)
+        self._state_dir = Path(state_dir)
+        self.state_problem: str | None = None
+        self.skipped: tuple[int, int] | None = None
+        self.write_problem: str | None = None
         self._saved_seq: int | None = None
         self._saved_at = -1e9  # monotonic time of the last state file write
+        self._retry_at = -1e9  # monotonic time before which a failed reservation waits
+        self._head = self._starting_head(self._load_state(), recovered)
+        self._reserved = self._head.seq  # nothing reserved on disk for this run yet
+        self._reserve(self._head.seq + RESERVE_BLOCK)
         metrics = metrics or DeliveryMetrics()
         metrics.read_at_scrape(metrics.last_sequence, lambda: self._head.seq)
 
@@ -174,6 +237,8 @@ class Sealer:
     def seal(self, doc: dict[str, Any]) -> SealedDoc:
         """Number and chain a document. The caller's dict is not modified."""
         seq = self._head.seq + 1
+        if seq > self._reserved:
+            self._reserve_now(seq)
         sealed = dict(doc)
         sealed["event"] = {**(doc.get("event") or {}), "sequence": seq}
         custom = {k: v for k, v in (doc.get("audit_collector") or {}).items() if k != "chain"}
@@ -189,35 +254,115 @@ class Sealer:
         return SealedDoc(doc_id, seq, with_chain(content, prev, digest))
 
     def checkpoint(self, durable: bool = False) -> None:
-        """Persist the head (atomically) when it moved since the last checkpoint."""
-        if self._saved_seq == self._head.seq:
+        """Persist the head (atomically) when it moved since the last checkpoint, and keep
+        sequences reserved ahead of use. durable=True is the last checkpoint of a clean
+        stop: it also gives back the unused reserved sequences, so the next start
+        continues without a skip."""
+        if durable:
+            if self._write_state(self._head.seq, durable=True):
+                self._reserved = self._head.seq
+            return
+        now = time.monotonic()
+        if self._reserved - self._head.seq < RESERVE_BLOCK // 2 and now >= self._retry_at:
+            self._reserve(self._head.seq + RESERVE_BLOCK)  # off the per-event path
             return
         # The spool and file sinks are the exact recovery points; the state file only
         # needs to be recent, so a storm does not rewrite it on every tick.
-        now = time.monotonic()
-        if not durable and now - self._saved_at < CHECKPOINT_INTERVAL_S:
+        if self._saved_seq == self._head.seq or now - self._saved_at < CHECKPOINT_INTERVAL_S:
             return
-        body = orjson.dumps({"seq": self._head.seq, "hash": self._head.hash})
-        tmp = self._state_path.with_suffix(".tmp")
-        try:
-            self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(body)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, self._state_path)
-        except OSError:
-            return  # a full disk must not stop capture; the spool still holds the head
-        self._saved_seq = self._head.seq
-        self._saved_at = now
+        self._write_state(self._reserved, durable=False)
 
-    def _load_state(self) -> ChainPoint | None:
+    # ------------------------------------------------------------------ start
+
+    def _starting_head(self, state: _State | None,
+                       recovered: tuple[ChainPoint | None, ...]) -> ChainPoint:
+        """Above every recovery point and every sequence that may have been used."""
+        points = [p for p in recovered if p is not None and valid_seq(p.seq)]
+        if state is not None:
+            points.append(state.head)
+        head = max(points, key=lambda p: p.seq) if points else None
+        if state is not None:
+            used_up_to = state.reserved  # equal to state.head.seq after a clean stop
+        elif head is None or self.state_problem is not None:
+            # No (usable) state: the wall clock in microseconds is above every sequence of
+            # this host's chains (see the module docstring).
+            used_up_to = time.time_ns() // 1000
+        else:
+            used_up_to = head.seq  # no state file: the outputs are all there is
+        if head is None:
+            return ChainPoint(used_up_to, GENESIS_PREV)
+        if used_up_to > head.seq:
+            # Nothing between was sealed into the chain, or it would be a recovery point
+            # (or lost with the spool's tail): the next document links to head directly.
+            self.skipped = (head.seq + 1, used_up_to)
+            log.info("chain: continuing at seq %d after seq %d: %d sequence numbers reserved "
+                     "before an unclean stop (or a state reset) are not reused",
+                     used_up_to + 1, head.seq, used_up_to - head.seq)
+            return ChainPoint(used_up_to, head.hash)
+        return head
+
+    def _load_state(self) -> _State | None:
+        path = self._state_dir / STATE_FILE
         try:
-            state = orjson.loads(self._state_path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            dir_fd = open_dir(self._state_dir)
+        except OSError as exc:
+            self._note_write_problem(exc)
             return None
-        seq, digest = state.get("seq"), state.get("hash")
-        if isinstance(seq, int) and isinstance(digest, str):
-            return ChainPoint(seq, digest)
-        return None
+        try:
+            remove_stale_temps(dir_fd, STATE_FILE)
+            state = parse_state(read_file(dir_fd, STATE_FILE, STATE_MAX_BYTES))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            state = f"unreadable: {exc.strerror or exc}"
+        finally:
+            os.close(dir_fd)
+        if isinstance(state, str):
+            self.state_problem = f"{path} is invalid ({state}); not used"
+            log.warning("chain: %s: continuing above the spool, the outputs and the wall "
+                        "clock", self.state_problem)
+            return None
+        return state
+
+    # ------------------------------------------------------------------ saving
+
+    def _reserve_now(self, seq: int) -> None:
+        """seal() ran past the reservation (a burst between checkpoints, or the disk
+        refused it): reserve a block synchronously, retried at most once a second."""
+        if time.monotonic() >= self._retry_at:
+            self._reserve(seq - 1 + RESERVE_BLOCK)
+
+    def _reserve(self, up_to: int) -> None:
+        """Durably record that sequences up to up_to may be used, before any of them is:
+        a restart after a crash continues above them, whatever else was lost."""
+        if self._write_state(up_to, durable=True):
+            self._reserved = up_to
+        else:
+            # Capture goes on (a full disk must not stop it) without the guarantee.
+            self._retry_at = time.monotonic() + RESERVE_RETRY_S
+
+    def _write_state(self, reserved: int, durable: bool) -> bool:
+        body = orjson.dumps({"seq": self._head.seq, "hash": self._head.hash,
+                             "reserved": reserved})
+        try:
+            dir_fd = open_dir(self._state_dir)
+            try:
+                replace_file(dir_fd, STATE_FILE, body, durable)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self._note_write_problem(exc)
+            return False
+        if self.write_problem is not None:
+            log.info("chain: saving %s again", self._state_dir / STATE_FILE)
+            self.write_problem = None
+        self._saved_seq = self._head.seq
+        self._saved_at = time.monotonic()
+        return True
+
+    def _note_write_problem(self, exc: OSError) -> None:
+        if self.write_problem is None:
+            self.write_problem = f"cannot save {self._state_dir / STATE_FILE}: " \
+                f"{exc.strerror or exc}"
+            log.warning("chain: %s; sequences cannot be reserved ahead of use until it "
+                        "can (a crash then may reuse some)", self.write_problem)

@@ -151,16 +151,20 @@ class LossLedger:
             return
         self._last_round = now
         self._report_ringbuf(write)
+        reported: set[str] = set()  # causes reported in this round
         while True:
             with self._lock:
-                if not self._held:
+                loss = self._next_held(reported, force)
+                if loss is None:
                     return
-                loss = self._held.pop(0)
+                self._held.remove(loss)
             seq = write(self._loss_document(loss))
             if seq is None:  # refused (full disk, drop-newest): keep it for the next round
                 with self._lock:
                     self._held.insert(0, loss)
                 return
+            if not force:
+                reported.add(loss.reason)
             log.warning("%d documents lost (%s, %s), sequences %d..%d", loss.count,
                         loss.source, loss.reason, loss.first_seq, loss.last_seq)
             if track:
@@ -191,16 +195,32 @@ class LossLedger:
 
     # ------------------------------------------------------------------ helpers (locked)
 
+    def _next_held(self, reported: set[str], force: bool) -> DroppedRange | None:
+        """The first held loss of a cause not reported in this round (any when forced).
+        One report per cause per round bounds the volume during an outage, while the
+        pieces of a long loss (reports the spool dropped, held again) merge in _hold."""
+        return next((loss for loss in self._held if force or loss.reason not in reported),
+                    None)
+
     def _hold(self, loss: DroppedRange) -> None:
-        """Queue a loss, extending the last queued run when it continues it."""
-        if self._held:
-            last = self._held[-1]
-            if last.reason == loss.reason and last.last_seq + 1 == loss.first_seq:
-                last.last_seq, last.last_data = loss.last_seq, loss.last_data
-                return
-        self._held.append(loss)
+        """Queue a loss, merged with every queued run of the same cause that it touches or
+        overlaps, in any order: a report that was itself dropped comes back right next to
+        the run that dropped it, and must not become a report of its own (during an outage
+        with a full spool that grew the reports every round)."""
+        merged = DroppedRange(loss.first_seq, loss.last_seq, loss.reason, loss.last_data)
+        keep: list[DroppedRange] = []
+        for held in self._held:
+            if held.reason != merged.reason or held.first_seq > merged.last_seq + 1 \
+                    or merged.first_seq > held.last_seq + 1:
+                keep.append(held)
+                continue
+            newest = held if held.last_seq > merged.last_seq else merged
+            merged = DroppedRange(min(held.first_seq, merged.first_seq), newest.last_seq,
+                                  merged.reason, newest.last_data)
+        keep.append(merged)
+        self._held = keep
 
     def _hold_swallowed_reports(self, run: DroppedRange) -> None:
         """Reports that this drop removed before they were shipped: report them again."""
         for seq in [s for s in self._in_flight if run.first_seq <= s <= run.last_seq]:
-            self._held.append(self._in_flight.pop(seq))
+            self._hold(self._in_flight.pop(seq))

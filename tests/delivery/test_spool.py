@@ -5,74 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from collector.delivery.loss import DroppedRange
-from collector.delivery.metrics import DeliveryMetrics
-from collector.delivery.settings import SpoolConfig
 from collector.delivery.spool import HEADER_SIZE, Spool
-
-PAYLOAD = b'{"event":{"sequence":%d},"pad":"' + b"p" * 200 + b'"}'
-
-
-def spool_cfg(path: Path, **overrides: object) -> SpoolConfig:
-    values: dict[str, object] = {"dir": str(path), "max_bytes": 1 << 20,
-                                 "segment_bytes": 16 << 10, "fsync": "batch"}
-    values.update(overrides)
-    return SpoolConfig(**values)  # type: ignore[arg-type]
-
-
-def fill(spool: Spool, first: int, last: int) -> list[bool]:
-    results = [spool.append(seq, f"id-{seq}", PAYLOAD % seq) for seq in range(first, last + 1)]
-    spool.flush()
-    return results
-
-
-def read_all(spool: Spool) -> list[int]:
-    seqs: list[int] = []
-    while batch := spool.read_batch(100, 1 << 20):
-        seqs.extend(r.seq for r in batch)
-        spool.ack(batch)
-    return seqs
-
-
-def segments(path: Path) -> list[Path]:
-    return sorted(path.glob("seg-*.spool"))
-
-
-class Drops:
-    """The spool's drop callback, merging contiguous runs of one reason as the ledger does."""
-
-    def __init__(self) -> None:
-        self.runs: list[DroppedRange] = []
-
-    def __call__(self, runs: list[DroppedRange]) -> None:
-        for run in runs:
-            last = self.runs[-1] if self.runs else None
-            if last and last.reason == run.reason and last.last_seq + 1 == run.first_seq:
-                last.last_seq, last.last_data = run.last_seq, run.last_data
-            else:
-                self.runs.append(DroppedRange(run.first_seq, run.last_seq, run.reason,
-                                              run.last_data))
-
-    def take(self) -> list[DroppedRange]:
-        runs, self.runs = self.runs, []
-        return runs
-
-
-def open_spool(cfg: SpoolConfig) -> tuple[Spool, Drops, DeliveryMetrics]:
-    drops, metrics = Drops(), DeliveryMetrics()
-    return Spool(cfg, drops, metrics), drops, metrics
-
-
-def sample(metrics: DeliveryMetrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+from tests.delivery.spool_support import (
+    PAYLOAD,
+    fill,
+    flip_byte,
+    open_spool,
+    read_all,
+    rewrite,
+    sample,
+    segments,
+    small_tmpfs,
+    spool_cfg,
+    spool_with,
+)
 
 
 def test_restart_resumes_at_first_unacknowledged_record(tmp_path: Path) -> None:
@@ -118,13 +70,9 @@ def test_torn_tail_is_cut_and_good_records_kept(tmp_path: Path) -> None:
 
 
 def test_flipped_byte_in_older_segment_reports_the_unreadable_range(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path))
-    fill(spool, 1, 200)
-    spool.close()
-    oldest = segments(tmp_path)[0]
-    raw = bytearray(oldest.read_bytes())
-    raw[HEADER_SIZE + 20 * 250] ^= 0xFF  # somewhere around the 20th record
-    oldest.write_bytes(bytes(raw))
+    spool_with(tmp_path, 200)
+    at = HEADER_SIZE + 20 * 250  # somewhere around the 20th record
+    rewrite(segments(tmp_path)[0], flip_byte(at))
 
     again, drops, _ = open_spool(spool_cfg(tmp_path))
     losses = drops.take()
@@ -167,20 +115,6 @@ def test_drop_newest_refuses_and_reports_one_run(tmp_path: Path) -> None:
     assert spool.append(601, "report", b"{}", report=True)  # the reserve takes reports
     spool.flush()
     assert read_all(spool) == [*accepted, 601]
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest"])

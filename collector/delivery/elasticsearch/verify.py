@@ -17,6 +17,14 @@ For each document the chain hash is recomputed (see `collector.delivery.chain`),
   unexplained gap, and the document after it does not link;
 * ``prev`` == "" after the first document -> RESTART (collector state was reset): noted,
   not a failure, since nothing in the stored data is contradicted.
+* a gap across which the chain links straight (``prev`` is the hash of the document before
+  the gap) -> SKIPPED: no document was sealed in between, the numbers were never used (the
+  collector reserves numbers ahead of use and skips the unused ones after an unclean stop).
+  Noted, not a failure.
+* a gap after which ``prev`` is the hash of a recent earlier document -> FORK: the collector
+  restarted from an older position (its spool's tail was lost after a crash) above every
+  number it may have used, so nothing stored is contradicted; documents it had not shipped
+  may be lost without a report. Noted, not a failure.
 
 Exit status 0 when nothing unexplained was found, 1 otherwise (2 when the cluster could not
 be read).
@@ -37,6 +45,7 @@ from collector.delivery.elasticsearch.client import build_client
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 
 PAGE_SIZE = 1000
+RECENT_HASHES = 1 << 16  # how far back a fork point is recognised (a reserve block)
 SORT = [{"event.sequence": {"order": "asc"}},
         {"audit_collector.chain.hash": {"order": "asc", "unmapped_type": "keyword"}}]
 FAILING = ("gap", "edited", "chain_break", "duplicate", "unchained")
@@ -88,6 +97,7 @@ class ChainVerifier:
     documents: int = 0
     first_seq: int | None = None
     _head: _Head | None = None
+    _recent: dict[str, int] = field(default_factory=dict)  # chain hash -> sequence
 
     def feed(self, doc_id: str, source: dict[str, Any]) -> None:
         self.documents += 1
@@ -112,6 +122,12 @@ class ChainVerifier:
         else:
             self._check_gap(head, seq, prev)
         self._head = _Head(seq, digest, doc_id)
+        self._remember(digest, seq)
+
+    def _remember(self, digest: str, seq: int) -> None:
+        self._recent[digest] = seq
+        if len(self._recent) > RECENT_HASHES:
+            del self._recent[next(iter(self._recent))]
 
     def _check_link(self, seq: int, prev: str, expected: str, prev_seq: int) -> None:
         if prev == expected:
@@ -131,7 +147,7 @@ class ChainVerifier:
         missing = last - first + 1
         covering = self._covering(first, last)
         if covering is None:
-            self._add("gap", first, f"{missing} documents missing, not reported lost", last)
+            self._unreported_gap(head, first, last, prev)
             return
         names = ", ".join(f"seq {r.seq} ({r.source}, {r.reason})" for r in covering)
         self._add("explained_gap", first, f"{missing} documents reported lost by "
@@ -140,6 +156,21 @@ class ChainVerifier:
         if bridge is not None and bridge.last_chain_hash != prev:
             self._add("chain_break", seq, "prev does not match the reported hash of the last "
                       f"lost document (seq {last})")
+
+    def _unreported_gap(self, head: _Head, first: int, last: int, prev: str) -> None:
+        missing = last - first + 1
+        if prev == head.hash:
+            self._add("skipped", first, f"{missing} sequence numbers never used: seq {last + 1} "
+                      f"links straight to seq {head.seq} (reserved before an unclean stop)",
+                      last)
+            return
+        fork = self._recent.get(prev)
+        if fork is not None:
+            self._add("fork", last + 1, f"the chain continues from seq {fork}, not {head.seq}: "
+                      f"the collector restarted from an older position (its spool's tail was "
+                      f"lost) and skipped {missing} numbers it may have used")
+            return
+        self._add("gap", first, f"{missing} documents missing, not reported lost", last)
 
     def _covering(self, first: int, last: int) -> list[LossReport] | None:
         """Reports that together cover first..last, or None when some sequence is not."""
