@@ -30,11 +30,13 @@ import sys
 from typing import Any, TextIO
 
 import orjson
-from elastic_transport import TransportError
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, Elasticsearch, NotFoundError
 
 from collector import __version__
-from collector.delivery.elasticsearch.client import build_client
+from collector.delivery.elasticsearch.client import build_client, display_urls
+from collector.delivery.elasticsearch.outcomes import describe, transport_reason
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 from collector.fields import FIELDS
 
@@ -172,13 +174,16 @@ def _ensure_data_stream(client: Elasticsearch, cfg: ClusterSettings, template_ch
     return "already exists; mappings updated"
 
 
-def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None) -> int:
-    """Install policy, template and data stream; one line per step. 0 on success."""
+def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None,
+                  err: TextIO | None = None) -> int:
+    """Install policy, template and data stream; one line per step on `out`, a failure in
+    one line on `err` (stderr). 0 on success."""
     out = out or sys.stdout
+    err = err or sys.stderr
     try:
         client = build_client(cfg)
     except ClusterConfigError as exc:
-        print(f"setup: {exc}", file=out)
+        print(f"setup: {exc}", file=err)
         return 1
     steps = [
         ("ILM policy", policy_name(cfg), lambda: _ensure_policy(client, cfg)),
@@ -193,7 +198,7 @@ def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None) -> int:
         status = _ensure_data_stream(client, cfg, template_changed)
         print(f"data stream {cfg.elasticsearch.data_stream}: {status}", file=out)
     except (ApiError, TransportError) as exc:
-        print(f"setup failed: {error_text(exc)}", file=out)
+        print(f"setup failed: {error_text(exc, cfg)}", file=err)
         return 1
     finally:
         client.close()
@@ -218,7 +223,14 @@ def template_state(client: Elasticsearch, cfg: ClusterSettings) -> str:
     return "current"
 
 
-def error_text(exc: Exception) -> str:
+def error_text(exc: Exception, cfg: ClusterSettings | None = None) -> str:
+    """One line: the HTTP status and error, or which URL could not be reached and why (the
+    URLs without credentials)."""
     if isinstance(exc, ApiError):
-        return f"HTTP {exc.meta.status}: {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+        return describe(exc)
+    where = ", ".join(display_urls(cfg)) if cfg is not None else "Elasticsearch"
+    if isinstance(exc, ConnectionTimeout):
+        return f"no answer from {where} in time ({transport_reason(exc)})"
+    if isinstance(exc, TransportConnectionError):
+        return f"cannot connect to {where}: {transport_reason(exc)}"
+    return describe(exc)

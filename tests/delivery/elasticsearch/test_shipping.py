@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from collector.delivery.elasticsearch.settings import ClusterConfigError
 from collector.delivery.elasticsearch.shipper import _item_retriable
 from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.spool import Spool
+from tests.delivery.elasticsearch.support import install_template
 from tests.delivery.helpers import (
     DATA_STREAM,
     dead_letter_ids,
@@ -31,12 +33,6 @@ from tests.delivery.helpers import (
     submit_docs,
 )
 from tests.esserver import ESTestServer
-
-
-@pytest.fixture
-def server() -> Iterator[ESTestServer]:
-    with ESTestServer(major=8) as srv:
-        yield srv
 
 
 def test_every_document_stored_once_under_its_deterministic_id(
@@ -135,6 +131,7 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
     sizes = {}
     for gzip in (True, False):
         server.reset()
+        install_template(server, tmp_path)
         cfg = make_config(tmp_path / str(gzip), server.url, es={"gzip": gzip})
         pipeline = new_pipeline(cfg)
         submit_docs(pipeline, 500)
@@ -150,6 +147,7 @@ def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_p
     sizes = {}
     for level in (1, 9):
         server.reset()
+        install_template(server, tmp_path)
         cfg = make_config(tmp_path / str(level), server.url, es={"gzip_level": level})
         pipeline = new_pipeline(cfg)
         submit_docs(pipeline, 500, pad=300)
@@ -186,6 +184,7 @@ def test_throughput(external_server: str, tmp_path: Path, gzip: bool) -> None:
     count = 30000
     cfg = make_config(tmp_path, external_server, es={"gzip": gzip, "dataset": f"tp{int(gzip)}"},
                       batch={"max_docs": 1000, "max_wait_s": 1.0})
+    assert setup_cluster(cfg, io.StringIO()) == 0
     pipeline = new_pipeline(cfg)
     started = time.monotonic()
     submit_docs(pipeline, count, tick_every=500)
