@@ -16,8 +16,8 @@ from elasticsearch import BadRequestError
 
 from collector.delivery.elasticsearch.client import _tls_options, build_client
 from collector.delivery.elasticsearch.index import setup_cluster
+from collector.delivery.elasticsearch.outcomes import classify_item
 from collector.delivery.elasticsearch.settings import ClusterConfigError
-from collector.delivery.elasticsearch.shipper import _item_retriable
 from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.spool import Spool
 from tests.delivery.elasticsearch.support import install_template
@@ -239,16 +239,31 @@ def test_item_errors_about_the_cluster_are_retried_not_dead_lettered(
     assert server.counter("bulk.items.status.503") > 0
 
 
-@pytest.mark.parametrize(("status", "error_type", "retried"), [
-    (429, "es_rejected_execution_exception", True),
-    (503, "unavailable_shards_exception", True),
-    (403, "cluster_block_exception", True),  # flood-stage read-only block
-    (404, "index_not_found_exception", True),
-    (400, "document_parsing_exception", False),
-    (400, "illegal_argument_exception", False),
+@pytest.mark.parametrize(("status", "error", "retried"), [
+    (429, {"type": "es_rejected_execution_exception"}, True),
+    (503, {"type": "unavailable_shards_exception"}, True),
+    (403, {"type": "cluster_block_exception"}, True),  # a write block
+    (429, {"type": "cluster_block_exception"}, True),  # flood stage
+    (404, {"type": "index_not_found_exception"}, True),
+    (400, {"type": "index_closed_exception"}, True),  # a cluster state, not the document
+    (400, {"type": "something_new_exception"}, True),  # unknown: held, never lost
+    (400, {"type": "illegal_argument_exception", "reason": "only write ops with an op_type "
+           "of create are allowed in data streams"}, True),
+    (400, {"type": "document_parsing_exception", "reason": "failed to parse field [a]"}, False),
+    (400, {"type": "mapper_parsing_exception", "reason": "failed to parse"}, False),
+    (400, {"type": "strict_dynamic_mapping_exception", "reason": "mapping set to strict"},
+     False),
+    (400, {"type": "illegal_argument_exception", "reason": "Document contains at least one "
+           "immense term in field=\"message\""}, False),
+    # A wrapper whose cause is a cluster condition is held.
+    (400, {"type": "document_parsing_exception", "reason": "x",
+           "caused_by": {"type": "circuit_breaking_exception", "reason": "[parent] Data too "
+                         "large"}}, True),
+    (500, {"type": "mapper_parsing_exception", "reason": "x"}, True),  # a 5xx is transient
 ])
-def test_item_outcome_classification(status: int, error_type: str, retried: bool) -> None:
-    assert _item_retriable(status, {"type": error_type, "reason": "x"}) is retried
+def test_item_outcome_classification(status: int, error: dict[str, str], retried: bool
+                                     ) -> None:
+    assert classify_item(status, {"reason": "x", **error}).document is not retried
 
 
 def test_rejected_documents_stay_spooled_until_their_dead_letter_is_written(
