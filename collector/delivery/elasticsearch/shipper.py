@@ -25,6 +25,13 @@ each item's outcome is handled here (not by helpers.bulk):
   ``retry.item_attempts`` times while smaller bodies were accepted and no body as large as
   it was accepted within the last `LARGEST_ACCEPTED_TTL_S`.
 
+Before shipping, and every `GUARD_INTERVAL_S`, the data stream is checked
+(`index.stream_guard`): a stream not built from the collector's template, or not in
+index.mode standard, is refused (documents stay in the spool; `/health` says
+``blocked: <reason>``) and checked again every `GUARD_BLOCKED_INTERVAL_S`, so that `setup`
+takes effect at once; the first bulk into a stream that did not exist is followed by a
+check of the stream it created.
+
 `/health` and the metrics report shipping (`DeliveryMetrics.shipping`): last success,
 consecutive failures, last error class. The spool is acknowledged only when every item of
 the batch is settled, so a crash at any point replays records, which the server then
@@ -56,6 +63,7 @@ from tenacity import (
 )
 
 from collector.delivery.elasticsearch.batching import BatchWindow
+from collector.delivery.elasticsearch.index import GuardResult, stream_guard
 from collector.delivery.elasticsearch.outcomes import (
     ItemVerdict,
     classify_item,
@@ -72,6 +80,8 @@ log = logging.getLogger(__name__)
 # dead-lettered.
 RejectCallback = Callable[[list[tuple[int, bytes]]], None]
 TOO_LARGE = 413
+GUARD_INTERVAL_S = 60.0  # re-check of the data stream's template and index.mode
+GUARD_BLOCKED_INTERVAL_S = 5.0  # while refused: `setup` takes effect within seconds
 ITEM_LOG_INTERVAL_S = 60.0  # one line per held item error type per interval
 CONTROL_FRESH_S = 2.0  # an accepted body this recent proves the server takes small bodies
 LARGEST_ACCEPTED_TTL_S = 600.0  # how long an accepted body size counts as evidence
@@ -223,6 +233,8 @@ class Shipper:
         self._accepted = AcceptedBodies()
         self._too_large_strikes: dict[str, int] = {}
         self._item_log = _RateLimitedLog(ITEM_LOG_INTERVAL_S)
+        self._guard: GuardResult | None = None
+        self._guard_due = 0.0
         self._thread = threading.Thread(target=self._run, name="shipper", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -232,11 +244,12 @@ class Shipper:
 
     def drain(self, deadline: float) -> bool:
         """Ship without waiting for full batches until the spool is empty or the monotonic
-        deadline passes; True when everything was acknowledged."""
+        deadline passes; True when everything was acknowledged. Returns at once while the
+        data stream is refused."""
         self._draining.set()
         self._spool.wake()
         while self._spool.pending()[0] > 0 and self._thread.is_alive():
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._health.blocked_reason:
                 return False
             time.sleep(0.02)
         return self._spool.pending()[0] == 0
@@ -259,7 +272,7 @@ class Shipper:
                 self._stop.wait(self._retry.max_s)
 
     def _ship_next_batch(self) -> None:
-        if not self._batch_due():
+        if not self._batch_due() or not self._stream_allowed():
             return
         batch = self._spool.read_batch(self._window.max_docs, self._window.max_bytes)
         self._window.cut()
@@ -282,6 +295,46 @@ class Shipper:
             return True
         self._stop.wait(min(self._window.remaining_s(), 0.05))
         return False
+
+    # ------------------------------------------------------------------ the guard
+
+    def _stream_allowed(self) -> bool:
+        """Check the data stream when due; False (after a pause) while it is refused or
+        cannot be checked."""
+        now = time.monotonic()
+        if now >= self._guard_due:
+            try:
+                result = stream_guard(self._client, self._cfg)
+            except (ApiError, TransportError) as exc:
+                self._metrics.set_reachable(isinstance(exc, ApiError))
+                self._note_failure(request_error_class(exc), describe(exc))
+                self._pause()
+                return False
+            self._metrics.set_reachable(True)
+            self._apply_guard(result)
+            self._guard_due = now + (GUARD_INTERVAL_S if result.ok else GUARD_BLOCKED_INTERVAL_S)
+        if self._guard is not None and not self._guard.ok:
+            self._stop.wait(min(1.0, max(0.0, self._guard_due - time.monotonic())))
+            return False
+        return True
+
+    def _apply_guard(self, result: GuardResult) -> None:
+        previous, self._guard = self._guard, result
+        self._health.set_guard(result.label, None if result.ok else result.reason)
+        if previous is not None and previous.label == result.label:
+            return
+        if not result.ok:
+            log.error("refusing to ship into Elasticsearch: %s; documents stay in the spool, "
+                      "checked again every %g s", result.reason, GUARD_BLOCKED_INTERVAL_S)
+        elif result.unverified:
+            log.warning("shipping without checking the data stream: %s", result.reason)
+        elif previous is not None and not previous.ok:
+            log.info("data stream check passed (%s); shipping", result.reason)
+
+    def _guard_after_success(self) -> None:
+        """The first bulk into a stream that did not exist created it: check it now."""
+        if self._guard is not None and not self._guard.stream_exists:
+            self._guard_due = 0.0
 
     # ------------------------------------------------------------------ one batch
 
@@ -430,6 +483,7 @@ class Shipper:
 
     def _note_success(self) -> None:
         failures, last_class = self._health.succeeded()
+        self._guard_after_success()
         if failures:
             log.info("shipping resumed after %d failed attempts (last: %s)", failures,
                      last_class)
