@@ -17,7 +17,9 @@ each item's outcome is handled here (not by helpers.bulk):
 * whole-request failures (connection errors, timeouts, any HTTP error status, 401 and 403
   included) are retried by tenacity with exponential backoff, jitter and a cap, for as long
   as the process lives; the waits end at once when the shipper is stopped. The log says so
-  once per change of error class, never with a credential.
+  once per change of error class, never with a credential. After a 401 the configured key
+  (or password) is read again, at most every `CREDENTIALS_RECHECK_S`: a key rotated on disk
+  is used without a restart.
 * 413 (a body over ``http.max_content_length`` or a proxy's limit): a small control request
   tells whether the server takes smaller bodies. If it does not, the limit is in flux (a
   proxy) and the batch waits with backoff; if it does, the batch is split in halves. A
@@ -40,6 +42,7 @@ answers with 409.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -63,6 +66,7 @@ from tenacity import (
 )
 
 from collector.delivery.elasticsearch.batching import BatchWindow
+from collector.delivery.elasticsearch.credentials import auth_options
 from collector.delivery.elasticsearch.index import GuardResult, stream_guard
 from collector.delivery.elasticsearch.outcomes import (
     ItemVerdict,
@@ -86,6 +90,7 @@ ITEM_LOG_INTERVAL_S = 60.0  # one line per held item error type per interval
 CONTROL_FRESH_S = 2.0  # an accepted body this recent proves the server takes small bodies
 LARGEST_ACCEPTED_TTL_S = 600.0  # how long an accepted body size counts as evidence
 CONTROL_BODY = b"\n"  # a bulk body without an action: answered 400, stores nothing
+CREDENTIALS_RECHECK_S = 10.0  # after a 401, re-read the key file at most this often
 
 MESSAGES = {
     "unauthorized": "Elasticsearch rejects the collector's credentials ({detail}); shipping "
@@ -129,6 +134,17 @@ def bulk_body(records: list[Record]) -> bytes:
 
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, (TransportError, ApiError, _BadResponse))
+
+
+def _fingerprint(es: Any) -> bytes | None:
+    """A digest of the configured credentials (None: none, or unreadable now)."""
+    try:
+        options = auth_options(es)
+    except (OSError, ValueError):
+        return None
+    if not options:
+        return None
+    return hashlib.sha256(repr(sorted(options.items())).encode()).digest()
 
 
 class DeadLetterFile:
@@ -233,6 +249,8 @@ class Shipper:
         self._accepted = AcceptedBodies()
         self._too_large_strikes: dict[str, int] = {}
         self._item_log = _RateLimitedLog(ITEM_LOG_INTERVAL_S)
+        self._credentials_checked_at = -CREDENTIALS_RECHECK_S
+        self._credentials = _fingerprint(es)
         self._guard: GuardResult | None = None
         self._guard_due = 0.0
         self._thread = threading.Thread(target=self._run, name="shipper", daemon=True)
@@ -307,7 +325,7 @@ class Shipper:
                 result = stream_guard(self._client, self._cfg)
             except (ApiError, TransportError) as exc:
                 self._metrics.set_reachable(isinstance(exc, ApiError))
-                self._note_failure(request_error_class(exc), describe(exc))
+                self._request_failed(exc)
                 self._pause()
                 return False
             self._metrics.set_reachable(True)
@@ -444,11 +462,16 @@ class Shipper:
         exc = state.outcome.exception() if state.outcome else None
         if exc is None:
             return
-        detail = describe(exc)
-        self._note_failure(request_error_class(exc), detail)
+        self._request_failed(exc)
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.debug("bulk request failed (%s); attempt %d, retrying in %.2fs", detail,
+        log.debug("bulk request failed (%s); attempt %d, retrying in %.2fs", describe(exc),
                   state.attempt_number, wait)
+
+    def _request_failed(self, exc: BaseException) -> None:
+        error_class = request_error_class(exc)
+        self._note_failure(error_class, describe(exc))
+        if error_class == "unauthorized":
+            self._reload_credentials()
 
     def _bulk_once(self, body: bytes, count: int) -> list[dict[str, Any]]:
         if self._stop.is_set():
@@ -471,6 +494,20 @@ class Shipper:
             raise _BadResponse("bulk response does not list every item")
         self._accepted.accepted(len(body))
         return items
+
+    def _reload_credentials(self) -> None:
+        """Use the credentials the configuration names now, if they changed since."""
+        now = time.monotonic()
+        if now - self._credentials_checked_at < CREDENTIALS_RECHECK_S:
+            return
+        self._credentials_checked_at = now
+        fingerprint = _fingerprint(self._cfg.elasticsearch)
+        if fingerprint is None or fingerprint == self._credentials:
+            return
+        self._credentials = fingerprint
+        self._client = self._client.options(**auth_options(self._cfg.elasticsearch))
+        log.warning("the Elasticsearch credentials changed since they were read; using the "
+                    "new ones")
 
     # ------------------------------------------------------------------ health and log
 

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.delivery.elasticsearch import shipper
 from collector.metrics import Metrics, MetricsServer
 from tests.delivery.elasticsearch.support import wait_for
 from tests.delivery.elasticsearch.test_faults import assert_exactly_once
@@ -158,3 +159,30 @@ def test_forbidden_bulk_is_logged_once_per_change(
     assert len([m for m in messages if "403" in m]) == 1, messages
     assert len([m for m in messages if "502" in m]) == 1, messages
     assert all("<html>" not in m for m in messages)
+
+
+def test_api_key_rotated_on_disk_is_used_without_a_restart(
+    server: ESTestServer, tmp_path: Path, endpoint: tuple[Metrics, str],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(shipper, "CREDENTIALS_RECHECK_S", 0.05)
+    metrics, url = endpoint
+    old = server.add_api_key("old-key", "old-secret")
+    key_file = tmp_path / "api_key"
+    key_file.write_text(old + "\n")
+    cfg = make_config(tmp_path, server.url, es={"api_key_file": str(key_file)},
+                      retry={"initial_s": 0.02, "max_s": 0.1})
+    server.security.clear()  # the old key is revoked...
+    new = server.add_api_key("new-key", "new-secret")
+    with caplog.at_level(logging.DEBUG):
+        pipeline = new_pipeline(cfg, metrics.delivery)
+        run = submit_docs(pipeline, 20)
+        pipeline.tick()
+        wait_for(lambda: shipping(url)["last_error_class"] == "unauthorized", what="401")
+        key_file.write_text(new + "\n")  # ...and the new one written to the key file
+        wait_for(lambda: shipping(url)["state"] == "ok", what="resumed")
+        pipeline.close(30)
+    assert_exactly_once(server, run)
+    assert "credentials changed" in caplog.text
+    for secret in ("old-secret", "new-secret", old, new):
+        assert secret not in caplog.text
