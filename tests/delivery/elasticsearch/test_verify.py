@@ -162,10 +162,8 @@ def test_verify_sees_documents_shipped_just_before(server: ESTestServer, tmp_pat
     client.indices.put_settings(index=DATA_STREAM, settings={"index.refresh_interval": "2s"})
     if not refresh_allowed:
         server.fail_requests(403, requests=None, endpoints=("refresh",))
-    pipeline = new_pipeline(cfg)
-    run = submit_docs(pipeline, 300)
-    pipeline.close(30)
+    cfg, seqs = ship(server, tmp_path, 300)
     status, out = verify(cfg)
     assert status == 0, out
-    assert f"300 documents, sequences {run.seqs[0]}..{run.seqs[-1]}" in out
+    assert f"300 documents, sequences {seqs[0]}..{seqs[-1]}" in out
     assert server.counter("responses.403") == (0 if refresh_allowed else 1)
