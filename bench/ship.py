@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import shutil
 import sys
@@ -53,6 +54,7 @@ from bench.report import (
 from bench.tracers import free_port
 from collector.config import Config, config_from_mapping
 from collector.delivery.elasticsearch import client as esclient
+from collector.delivery.elasticsearch.index import setup_cluster
 from collector.delivery.elasticsearch.shipper import Shipper, bulk_body
 from collector.delivery.spool import Spool
 
@@ -135,6 +137,7 @@ def ship_case(server: ESServer, workdir: Path, source: DocumentSource, case: Cas
     server.reset()
     casedir = workdir / case.name.replace("/", "-")
     cfg = collector_config(casedir, server.url, case, spool_bytes=8 << 30)
+    install_template(cfg)
     spool = Spool(cfg.spool)
     result: dict[str, Any] = {"case": case.name, "serializer": case.serializer,
                               "gzip": case.gzip, "batch": case.batch, "docs": count}
@@ -244,6 +247,7 @@ def drain_after_outage(workdir: Path, source: DocumentSource, count: int) -> dic
         result["spool_mib"] = round(spool_bytes(spool) / MIB)
         result["default_spool_capacity_docs"] = DEFAULT_SPOOL_BYTES // result["avg_doc_bytes"]
         server.start()
+        install_template(cfg)
         result.update(_watch_drain(spool, count))
         result["stored"] = server.count()
         mem = memory(server.pid)
@@ -254,6 +258,14 @@ def drain_after_outage(workdir: Path, source: DocumentSource, count: int) -> dic
         server.stop()
         shutil.rmtree(casedir, ignore_errors=True)
     return result
+
+
+def install_template(cfg: Config) -> None:
+    """`audit-collector setup`: the shipper refuses a stream without the collector's
+    template."""
+    out = io.StringIO()
+    if setup_cluster(cfg, out, out) != 0:
+        raise RuntimeError(f"setup failed: {out.getvalue().strip()}")
 
 
 def spool_bytes(spool: Spool) -> int:

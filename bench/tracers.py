@@ -476,6 +476,7 @@ class CollectorToES(Collector):
     def start(self) -> None:
         self.server.start()
         try:
+            self._setup()
             super().start()
         except Unavailable:
             self.server.stop()
@@ -484,6 +485,15 @@ class CollectorToES(Collector):
     def stop(self) -> None:
         super().stop()
         self.server.stop()
+
+    def _setup(self) -> None:
+        """`audit-collector setup`: the collector refuses a stream without its template."""
+        if not COLLECTOR.exists():
+            raise Unavailable(f"{COLLECTOR} missing (make setup)")
+        proc = subprocess.run([str(COLLECTOR), "setup", "--output", *self.outputs()],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise Unavailable(f"audit-collector setup failed: {proc.stderr.strip()[:400]}")
 
     def side_pids(self) -> dict[str, list[int]]:
         return {"es_server": [self.server.pid]}

@@ -3,8 +3,9 @@ endpoint.
 
 `Metrics` owns the registry: the capture loop's counters live here, the delivery wing's in
 `delivery.metrics.DeliveryMetrics` on the same registry. `/health` is a small JSON object
-that deployment tooling polls: probes attached, Elasticsearch reachable, the version and
-the digest of the configuration file that is running.
+that deployment tooling polls: probes attached, Elasticsearch reachable (it answers), shipping
+(whether documents are stored: state, last success, consecutive failures, last error class),
+the version and the digest of the configuration file that is running.
 
 The endpoint is reachable by local users: every connection has a read timeout and their
 number is capped, so idle or slow clients cannot hold threads and file descriptors.
@@ -60,6 +61,7 @@ class Metrics:
         return {
             "probes_attached": self.probes_attached,
             "elasticsearch_reachable": self.delivery.es_reachable_state,
+            "shipping": self.delivery.shipping.snapshot(),
             "families": self.families,
             "version": __version__,
             "config_digest": self.config_digest,

@@ -45,6 +45,7 @@ def test_metrics_and_health_come_from_this_instance(
     assert "_created" not in text
     health = json.loads(get(server, "/health"))
     assert health == {"probes_attached": False, "elasticsearch_reachable": None,
+                      "shipping": None,  # no Elasticsearch output: nothing to ship
                       "families": [], "version": __version__, "config_digest": "ab" * 32}
     assert Metrics().capture.events_captured.labels(kind="exec")._value.get() == 0
 

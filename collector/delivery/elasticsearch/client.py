@@ -12,13 +12,18 @@
 * Credentials: API key or user + password, read from a file or an environment variable. The
   values live only inside the client's headers; nothing here logs or formats them.
 * ``max_retries=0`` and ``retry_on_timeout=False``: the shipper (tenacity) owns retries.
+* Logging: the client's own loggers (elastic_transport, elasticsearch, urllib3) log every
+  request at INFO and every failed node at WARNING; the collector says what matters itself,
+  in one line, so they are quiet (errors only) unless the collector logs at debug.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +40,26 @@ from collector.delivery.elasticsearch.settings import (
 )
 
 _COMPAT_RE = re.compile(r"compatible-with=\d+")
+CLIENT_LOGGERS = ("elastic_transport", "elasticsearch", "urllib3")
+
+
+def quiet_client_logging(verbose: bool | None = None) -> None:
+    """Keep the client's loggers to errors unless verbose (default: the collector logs at
+    debug, i.e. `log_level: debug`)."""
+    if verbose is None:
+        verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+
+
+def display_urls(cfg: ClusterSettings) -> list[str]:
+    """The cluster URLs as they may be shown: without user or password."""
+    shown = []
+    for url in cluster_urls(cfg):
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        shown.append(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    return shown
 
 
 class _CompatTransport(Transport):
@@ -113,6 +138,7 @@ def build_client(cfg: ClusterSettings, request_timeout_s: float | None = None) -
     if not urls:
         raise ClusterConfigError("outputs: no elasticsearch:URL output and no elasticsearch.hosts")
     es = cfg.elasticsearch
+    quiet_client_logging()
     return Elasticsearch(
         urls,
         transport_class=_transport_for(es.api_version),

@@ -21,20 +21,30 @@ de-duplicates arrays (argv!) and would make every chain hash unverifiable.
 
 Each installed object carries ``_meta.content_hash`` of the body it was installed from;
 "already up to date" means the hash matches, otherwise it is replaced ("updated").
+
+The guard (`stream_guard`, used by the shipper and by `check` through `check_stream`): the
+shipper refuses a data stream that was not built from this template or whose write index
+is not in ``index.mode: standard`` (e.g. created by Elasticsearch 9's built-in ``logs``
+template before `setup` ran), and, while the stream does not exist yet, refuses to let the
+first bulk request create it unless this template is installed. Reading the stream needs
+``view_index_metadata`` on it; without that privilege the verdict is "unverified".
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
-from elastic_transport import TransportError
-from elasticsearch import ApiError, Elasticsearch, NotFoundError
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout, TransportError
+from elasticsearch import ApiError, AuthorizationException, Elasticsearch, NotFoundError
 
 from collector import __version__
-from collector.delivery.elasticsearch.client import build_client
+from collector.delivery.elasticsearch.client import build_client, display_urls
+from collector.delivery.elasticsearch.outcomes import describe, transport_reason
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 from collector.fields import FIELDS
 
@@ -172,13 +182,16 @@ def _ensure_data_stream(client: Elasticsearch, cfg: ClusterSettings, template_ch
     return "already exists; mappings updated"
 
 
-def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None) -> int:
-    """Install policy, template and data stream; one line per step. 0 on success."""
+def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None,
+                  err: TextIO | None = None) -> int:
+    """Install policy, template and data stream; one line per step on `out`, a failure in
+    one line on `err` (stderr). 0 on success."""
     out = out or sys.stdout
+    err = err or sys.stderr
     try:
         client = build_client(cfg)
     except ClusterConfigError as exc:
-        print(f"setup: {exc}", file=out)
+        print(f"setup: {exc}", file=err)
         return 1
     steps = [
         ("ILM policy", policy_name(cfg), lambda: _ensure_policy(client, cfg)),
@@ -193,7 +206,7 @@ def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None) -> int:
         status = _ensure_data_stream(client, cfg, template_changed)
         print(f"data stream {cfg.elasticsearch.data_stream}: {status}", file=out)
     except (ApiError, TransportError) as exc:
-        print(f"setup failed: {error_text(exc)}", file=out)
+        print(f"setup failed: {error_text(exc, cfg)}", file=err)
         return 1
     finally:
         client.close()
@@ -218,7 +231,104 @@ def template_state(client: Elasticsearch, cfg: ClusterSettings) -> str:
     return "current"
 
 
-def error_text(exc: Exception) -> str:
+def error_text(exc: Exception, cfg: ClusterSettings | None = None) -> str:
+    """One line: the HTTP status and error, or which URL could not be reached and why (the
+    URLs without credentials)."""
     if isinstance(exc, ApiError):
-        return f"HTTP {exc.meta.status}: {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+        return describe(exc)
+    where = ", ".join(display_urls(cfg)) if cfg is not None else "Elasticsearch"
+    if isinstance(exc, ConnectionTimeout):
+        return f"no answer from {where} in time ({transport_reason(exc)})"
+    if isinstance(exc, TransportConnectionError):
+        return f"cannot connect to {where}: {transport_reason(exc)}"
+    return describe(exc)
+
+
+# --------------------------------------------------------------------------- guard
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    ok: bool  # documents may be shipped
+    reason: str  # what was found, or why shipping is refused
+    unverified: bool = False  # could not look (no privilege): shipping goes on, blind
+    stream_exists: bool = True
+
+    @property
+    def label(self) -> str:
+        """For /health: "ok", "unverified: ..." or "blocked: ..."."""
+        if not self.ok:
+            return f"blocked: {self.reason}"
+        return f"unverified: {self.reason}" if self.unverified else "ok"
+
+
+LOGSDB_HARM = "whose synthetic _source reorders arrays and breaks the hash chain"
+
+
+def stream_guard(client: Elasticsearch, cfg: ClusterSettings) -> GuardResult:
+    """May documents be shipped into the configured data stream? Raises ApiError (other
+    than 403/404) and TransportError: the caller retries."""
+    name, ours = cfg.elasticsearch.data_stream, template_name(cfg)
+    try:
+        streams = client.indices.get_data_stream(name=name).body.get("data_streams") or []
+    except NotFoundError:
+        streams = []
+    except AuthorizationException as exc:
+        return _unverified(f"cannot read data stream {name} ({describe(exc)[:60]})", cfg)
+    if streams:
+        return _judge_stream(streams[0], name, ours)
+    try:
+        template = _get_template(client, ours)
+    except AuthorizationException as exc:
+        return _unverified(f"data stream {name} does not exist and index template {ours} "
+                           f"cannot be read ({describe(exc)[:60]})", cfg)
+    if template is None:
+        return GuardResult(False, f"index template {ours} is not installed, so the data "
+                           f"stream {name} would be created from another template (on "
+                           f"Elasticsearch 9 in logsdb mode, {LOGSDB_HARM}); run "
+                           "audit-collector setup", stream_exists=False)
+    mode = _template_mode(template)
+    if mode != "standard":
+        return GuardResult(False, f"index template {ours} sets index.mode {mode}, "
+                           f"{LOGSDB_HARM}; run audit-collector setup", stream_exists=False)
+    return GuardResult(True, f"data stream {name} does not exist yet; index template {ours} "
+                       "(index.mode standard) will create it", stream_exists=False)
+
+
+def _judge_stream(stream: dict[str, Any], name: str, ours: str) -> GuardResult:
+    template = stream.get("template")
+    mode = stream.get("index_mode")  # Elasticsearch 8.16+; older ones: the template decides
+    problems = []
+    if template != ours:
+        problems.append(f"uses index template {template!r}, not the collector's {ours}")
+    if mode not in (None, "standard"):
+        problems.append(f"is in index.mode {mode}, {LOGSDB_HARM}")
+    if problems:
+        return GuardResult(False, f"data stream {name} {' and '.join(problems)} (run "
+                           f"audit-collector setup, then roll the stream over: POST "
+                           f"{name}/_rollover)")
+    return GuardResult(True, f"data stream {name}: index template {ours}, index.mode "
+                       f"{mode or 'standard'}")
+
+
+def _template_mode(template: dict[str, Any]) -> str:
+    settings = (template.get("template") or {}).get("settings") or {}
+    mode = settings.get("index.mode") or (settings.get("index") or {}).get("mode")
+    return str(mode or "unset (the cluster's default)")
+
+
+def _unverified(what: str, cfg: ClusterSettings) -> GuardResult:
+    return GuardResult(True, f"{what}: grant the collector's API key view_index_metadata on "
+                       f"logs-{cfg.elasticsearch.dataset}-* so that it can check the stream's "
+                       "template and index.mode", unverified=True)
+
+
+def check_stream(client: Elasticsearch, cfg: ClusterSettings) -> tuple[bool, str]:
+    """For `check`: (ok, detail) of the guard; unverified counts as not ok."""
+    try:
+        result = stream_guard(client, cfg)
+    except (ApiError, TransportError) as exc:
+        return False, error_text(exc, cfg)
+    if result.unverified:
+        return False, f"unverified: {result.reason}"
+    return result.ok, result.reason

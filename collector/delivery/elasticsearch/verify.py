@@ -26,14 +26,19 @@ For each document the chain hash is recomputed (see `collector.delivery.chain`),
   number it may have used, so nothing stored is contradicted; documents it had not shipped
   may be lost without a report. Noted, not a failure.
 
+Search sees a write only after the index's next refresh (every ``index.refresh_interval``,
+1 s by default), so verify first refreshes the stream; without the privilege to (403) it
+waits until the host's document count stops changing for longer than the refresh interval.
+
 Exit status 0 when nothing unexplained was found, 1 otherwise (2 when the cluster could not
-be read).
+be read, with one line on stderr).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -42,6 +47,7 @@ from elasticsearch import ApiError, AuthorizationException, Elasticsearch
 
 from collector.delivery.chain import GENESIS_PREV, chain_hash, chain_of, content_bytes
 from collector.delivery.elasticsearch.client import build_client
+from collector.delivery.elasticsearch.index import error_text
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
 
 PAGE_SIZE = 1000
@@ -241,11 +247,78 @@ def iter_documents(
         search_after = hits[-1]["sort"]
 
 
-def refresh(client: Elasticsearch, index: str) -> None:
-    """Make what was just shipped searchable (search sees a write only after the next
-    refresh, ~1 s); without the maintenance privilege, read what is searchable already."""
-    with contextlib.suppress(AuthorizationException):
+DEFAULT_REFRESH_S = 1.0  # index.refresh_interval when the index does not set it
+TAIL_WAIT_MAX_S = 60.0
+
+
+def refresh(client: Elasticsearch, index: str) -> bool:
+    """Make what was just shipped searchable; False without the privilege to (403)."""
+    try:
         client.indices.refresh(index=index)
+    except AuthorizationException:
+        return False
+    return True
+
+
+def refresh_interval_s(client: Elasticsearch, index: str) -> float | None:
+    """The longest refresh interval of the index's backing indices (the default when they
+    cannot be read); None when refreshes are off (-1)."""
+    try:
+        found = client.indices.get_settings(index=index, flat_settings=True).body
+    except ApiError:
+        return DEFAULT_REFRESH_S
+    longest = DEFAULT_REFRESH_S
+    for entry in found.values():
+        value = (entry.get("settings") or {}).get("index.refresh_interval")
+        seconds = _seconds(value) if value is not None else DEFAULT_REFRESH_S
+        if seconds is None:
+            return None
+        longest = max(longest, seconds)
+    return longest
+
+
+def _seconds(value: Any) -> float | None:
+    text = str(value).strip()
+    if text.startswith("-"):
+        return None
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    return DEFAULT_REFRESH_S
+
+
+def wait_for_tail(count: Callable[[], int], interval_s: float,
+                  max_s: float = TAIL_WAIT_MAX_S, sleep: Callable[[float], None] = time.sleep
+                  ) -> float:
+    """Poll `count` until it has not changed for longer than one refresh interval (so every
+    write made before the call is searchable); the seconds waited."""
+    started = time.monotonic()
+    last, steady_since = count(), time.monotonic()
+    settle = interval_s * 1.2 + 0.2
+    while time.monotonic() - steady_since < settle and time.monotonic() - started < max_s:
+        sleep(min(0.25, settle / 4))
+        now = count()
+        if now != last:
+            last, steady_since = now, time.monotonic()
+    return time.monotonic() - started
+
+
+def make_searchable(client: Elasticsearch, index: str, host_id: str | None,
+                    out: TextIO) -> None:
+    """Refresh, or without the privilege wait for the writes of the last refresh interval."""
+    if refresh(client, index):
+        return
+    interval = refresh_interval_s(client, index)
+    if interval is None:
+        print(f"verify: no privilege to refresh {index} and its refresh_interval is -1: "
+              "documents written since its last refresh are not seen", file=out)
+        return
+    query = _host_query(host_id) if host_id else {"match_all": {}}
+    waited = wait_for_tail(lambda: int(client.count(index=index, query=query).body["count"]),
+                           interval)
+    print(f"verify: no privilege to refresh {index}; waited {waited:.1f} s for recent writes "
+          "to become searchable", file=out)
 
 
 def host_ids(client: Elasticsearch, index: str) -> list[str]:
@@ -279,16 +352,20 @@ def _print_host(out: TextIO, host_id: str, result: ChainVerifier) -> None:
 
 
 def run_verify(
-    cfg: ClusterSettings, host_id: str | None, out: TextIO, client: Elasticsearch | None = None
+    cfg: ClusterSettings, host_id: str | None, out: TextIO,
+    client: Elasticsearch | None = None, err: TextIO | None = None
 ) -> int:
+    """Verify one host (or every host); findings on `out`, a failure in one line on `err`
+    (stderr)."""
     index = cfg.elasticsearch.data_stream
+    err = err or sys.stderr
     try:
         client = client or build_client(cfg)
     except ClusterConfigError as exc:
-        print(f"verify: {exc}", file=out)
+        print(f"verify: {exc}", file=err)
         return 2
     try:
-        refresh(client, index)
+        make_searchable(client, index, host_id, out)
         hosts = [host_id] if host_id else host_ids(client, index)
         if not hosts:
             print(f"verify: no documents in {index}", file=out)
@@ -299,6 +376,6 @@ def run_verify(
             _print_host(out, host, result)
             clean = clean and result.clean
     except (ApiError, TransportError) as exc:
-        print(f"verify: cannot read {index}: {exc}", file=out)
+        print(f"verify: cannot read {index}: {error_text(exc, cfg)}", file=err)
         return 2
     return 0 if clean else 1

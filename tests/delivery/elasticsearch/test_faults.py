@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +39,6 @@ from tests.delivery.test_spool import small_tmpfs
 from tests.esserver import ESTestServer
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def server() -> Iterator[ESTestServer]:
-    with ESTestServer(major=8) as srv:
-        yield srv
 
 
 def deliver(cfg: Config, count: int, during: Callable[[], None] | None = None,

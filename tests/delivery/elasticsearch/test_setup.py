@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from collector.preflight import check_cluster
 from tests.delivery.helpers import DATA_STREAM, make_config
 from tests.esserver import ESTestServer
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 @pytest.fixture(params=[8, 9], ids=["es8", "es9"])
 def server(request: pytest.FixtureRequest) -> Iterator[ESTestServer]:
@@ -30,7 +35,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[ESTestServer]:
 
 def run_setup(cfg: Any) -> tuple[int, list[str]]:
     out = io.StringIO()
-    status = setup_cluster(cfg, out)
+    status = setup_cluster(cfg, out, err=out)
     return status, out.getvalue().splitlines()
 
 
@@ -109,11 +114,43 @@ def test_check_reports_version_and_template_state(server: ESTestServer, tmp_path
 
 
 def test_unreachable_cluster(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once closed
+    port = closed_port()
     cfg = make_config(tmp_path, f"http://127.0.0.1:{port}")
     status, lines = run_setup(cfg)
-    assert status == 1 and lines[-1].startswith("setup failed: ConnectionError")
+    assert status == 1
+    assert lines[-1] == (f"setup failed: cannot connect to http://127.0.0.1:{port}: "
+                         "connection refused")
     [result] = check_cluster(cfg)
     assert not result.ok
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens here once closed
+
+
+def run_cli(tmp_path: Path, *args: str, log_level: str = "info"
+            ) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"outputs: ['elasticsearch:http://127.0.0.1:{closed_port()}']\n"
+                      f"state_dir: {tmp_path / 'state'}\nlog_level: {log_level}\n")
+    return subprocess.run([sys.executable, "-m", "collector", *args, "--config", str(config)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("command", ["setup", "verify"])
+def test_unreachable_cluster_is_one_line_on_stderr(tmp_path: Path, command: str) -> None:
+    """The client's transport logged INFO/WARNING lines before the command's own error."""
+    proc = run_cli(tmp_path, command)
+    assert proc.returncode != 0
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "127.0.0.1" in proc.stderr and "refused" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_client_logging_shows_with_log_level_debug(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "setup", log_level="debug")
+    assert proc.returncode != 0
+    assert "elastic_transport" in proc.stderr

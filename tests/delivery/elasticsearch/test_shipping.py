@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -15,10 +16,11 @@ from elasticsearch import BadRequestError
 
 from collector.delivery.elasticsearch.client import _tls_options, build_client
 from collector.delivery.elasticsearch.index import setup_cluster
+from collector.delivery.elasticsearch.outcomes import classify_item
 from collector.delivery.elasticsearch.settings import ClusterConfigError
-from collector.delivery.elasticsearch.shipper import _item_retriable
 from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.spool import Spool
+from tests.delivery.elasticsearch.support import install_template
 from tests.delivery.helpers import (
     DATA_STREAM,
     dead_letter_ids,
@@ -31,12 +33,6 @@ from tests.delivery.helpers import (
     submit_docs,
 )
 from tests.esserver import ESTestServer
-
-
-@pytest.fixture
-def server() -> Iterator[ESTestServer]:
-    with ESTestServer(major=8) as srv:
-        yield srv
 
 
 def test_every_document_stored_once_under_its_deterministic_id(
@@ -135,6 +131,7 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
     sizes = {}
     for gzip in (True, False):
         server.reset()
+        install_template(server, tmp_path)
         cfg = make_config(tmp_path / str(gzip), server.url, es={"gzip": gzip})
         pipeline = new_pipeline(cfg)
         submit_docs(pipeline, 500)
@@ -150,6 +147,7 @@ def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_p
     sizes = {}
     for level in (1, 9):
         server.reset()
+        install_template(server, tmp_path)
         cfg = make_config(tmp_path / str(level), server.url, es={"gzip_level": level})
         pipeline = new_pipeline(cfg)
         submit_docs(pipeline, 500, pad=300)
@@ -186,6 +184,7 @@ def test_throughput(external_server: str, tmp_path: Path, gzip: bool) -> None:
     count = 30000
     cfg = make_config(tmp_path, external_server, es={"gzip": gzip, "dataset": f"tp{int(gzip)}"},
                       batch={"max_docs": 1000, "max_wait_s": 1.0})
+    assert setup_cluster(cfg, io.StringIO()) == 0
     pipeline = new_pipeline(cfg)
     started = time.monotonic()
     submit_docs(pipeline, count, tick_every=500)
@@ -240,16 +239,31 @@ def test_item_errors_about_the_cluster_are_retried_not_dead_lettered(
     assert server.counter("bulk.items.status.503") > 0
 
 
-@pytest.mark.parametrize(("status", "error_type", "retried"), [
-    (429, "es_rejected_execution_exception", True),
-    (503, "unavailable_shards_exception", True),
-    (403, "cluster_block_exception", True),  # flood-stage read-only block
-    (404, "index_not_found_exception", True),
-    (400, "document_parsing_exception", False),
-    (400, "illegal_argument_exception", False),
+@pytest.mark.parametrize(("status", "error", "retried"), [
+    (429, {"type": "es_rejected_execution_exception"}, True),
+    (503, {"type": "unavailable_shards_exception"}, True),
+    (403, {"type": "cluster_block_exception"}, True),  # a write block
+    (429, {"type": "cluster_block_exception"}, True),  # flood stage
+    (404, {"type": "index_not_found_exception"}, True),
+    (400, {"type": "index_closed_exception"}, True),  # a cluster state, not the document
+    (400, {"type": "something_new_exception"}, True),  # unknown: held, never lost
+    (400, {"type": "illegal_argument_exception", "reason": "only write ops with an op_type "
+           "of create are allowed in data streams"}, True),
+    (400, {"type": "document_parsing_exception", "reason": "failed to parse field [a]"}, False),
+    (400, {"type": "mapper_parsing_exception", "reason": "failed to parse"}, False),
+    (400, {"type": "strict_dynamic_mapping_exception", "reason": "mapping set to strict"},
+     False),
+    (400, {"type": "illegal_argument_exception", "reason": "Document contains at least one "
+           "immense term in field=\"message\""}, False),
+    # A wrapper whose cause is a cluster condition is held.
+    (400, {"type": "document_parsing_exception", "reason": "x",
+           "caused_by": {"type": "circuit_breaking_exception", "reason": "[parent] Data too "
+                         "large"}}, True),
+    (500, {"type": "mapper_parsing_exception", "reason": "x"}, True),  # a 5xx is transient
 ])
-def test_item_outcome_classification(status: int, error_type: str, retried: bool) -> None:
-    assert _item_retriable(status, {"type": error_type, "reason": "x"}) is retried
+def test_item_outcome_classification(status: int, error: dict[str, str], retried: bool
+                                     ) -> None:
+    assert classify_item(status, {"reason": "x", **error}).document is not retried
 
 
 def test_rejected_documents_stay_spooled_until_their_dead_letter_is_written(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -23,12 +22,6 @@ from tests.delivery.helpers import (
     submit_docs,
 )
 from tests.esserver import ESTestServer
-
-
-@pytest.fixture
-def server() -> Iterator[ESTestServer]:
-    with ESTestServer(major=8) as srv:
-        yield srv
 
 
 def verify(cfg: Config) -> tuple[int, str]:
@@ -155,3 +148,22 @@ def test_state_reset_is_noted_not_failed(tmp_path: Path) -> None:
     result = verify_documents([(str(i), d) for i, d in enumerate(docs)], [])
     assert result.clean
     assert [f.kind for f in result.findings] == ["restart"]
+
+
+@pytest.mark.parametrize("refresh_allowed", [True, False], ids=["refresh", "no-privilege"])
+def test_verify_sees_documents_shipped_just_before(server: ESTestServer, tmp_path: Path,
+                                                   refresh_allowed: bool) -> None:
+    """Search sees a write only after the next refresh (~1 s): verify refreshes, and without
+    the privilege to (403) waits until the host's documents stop changing."""
+    cfg = make_config(tmp_path, server.url)
+    server.refresh()
+    client = client_for(cfg)
+    client.search(index=DATA_STREAM, size=0)  # not search-idle: refreshes keep their pace
+    client.indices.put_settings(index=DATA_STREAM, settings={"index.refresh_interval": "2s"})
+    if not refresh_allowed:
+        server.fail_requests(403, requests=None, endpoints=("refresh",))
+    cfg, seqs = ship(server, tmp_path, 300)
+    status, out = verify(cfg)
+    assert status == 0, out
+    assert f"300 documents, sequences {seqs[0]}..{seqs[-1]}" in out
+    assert server.counter("responses.403") == (0 if refresh_allowed else 1)

@@ -1,0 +1,20 @@
+"""The test server most shipping tests use: major 8, with the collector's ILM policy, index
+template and data stream installed, as `audit-collector setup` leaves a real cluster (the
+shipper refuses a data stream that is not built from the collector's template)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.delivery.elasticsearch.support import install_template
+from tests.esserver import ESTestServer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ESTestServer]:
+    with ESTestServer(major=8) as srv:
+        install_template(srv, tmp_path)
+        yield srv
