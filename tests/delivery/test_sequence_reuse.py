@@ -11,6 +11,7 @@ import orjson
 
 from collector.delivery.chain import ChainPoint, Sealer
 from collector.delivery.elasticsearch.verify import verify_documents
+from tests.delivery.elasticsearch.support import install_template
 from tests.delivery.elasticsearch.test_faults import (
     assert_verify_clean,
     start_driver,
@@ -25,6 +26,7 @@ def test_crash_with_lost_spool_tail_and_stale_state_loses_nothing(
     es_server: ESTestServer, tmp_path: Path
 ) -> None:
     server = es_server
+    install_template(server, tmp_path)  # as `setup` leaves a cluster: the shipper needs it
     proc = start_driver(tmp_path, server.url, "--count", "300", "--hold")
     _, first, last = (int(x) if x.isdigit() else x for x in wait_line(proc, "READY").split())
     wait_for(lambda: server.counter("bulk.items.created") >= 300)
