@@ -254,10 +254,13 @@ def check_cluster(cfg: Config) -> list[CheckResult]:
     try:
         version = index.cluster_version(client)
         ok, detail = TEMPLATE_STATES[index.template_state(client, cfg)]
+        stream_ok, stream_detail = index.check_stream(client, cfg)
         return [CheckResult("elasticsearch reachable", True, f"version {version}"),
-                CheckResult("index template", ok, detail.format(name=index.template_name(cfg)))]
+                CheckResult("index template", ok, detail.format(name=index.template_name(cfg))),
+                CheckResult(f"data stream {cfg.elasticsearch.data_stream}", stream_ok,
+                            stream_detail)]
     except (ApiError, TransportError) as exc:
-        return [CheckResult("elasticsearch", False, index.error_text(exc))]
+        return [CheckResult("elasticsearch", False, index.error_text(exc, cfg))]
     finally:
         client.close()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from elasticsearch import Elasticsearch
 
 from collector.delivery.elasticsearch.index import (
     field_properties,
@@ -111,6 +112,19 @@ def test_check_reports_version_and_template_state(server: ESTestServer, tmp_path
     run_setup(cfg)
     after = check_cluster(cfg)
     assert all(r.ok for r in after), [r.line() for r in after]
+    assert [r.name for r in after] == ["elasticsearch reachable", "index template",
+                                       f"data stream {DATA_STREAM}"]
+
+
+def test_check_fails_on_a_stream_the_collector_did_not_set_up(tmp_path: Path) -> None:
+    with ESTestServer(major=9) as server:
+        cfg = make_config(tmp_path, server.url, es={"api_version": 9})
+        server_client = Elasticsearch(server.url)
+        server_client.index(index=DATA_STREAM, document={"@timestamp": "2026-01-01T00:00:00Z"})
+        run_setup(cfg)  # template now current, but the stream was made by the built-in one
+        stream = check_cluster(cfg)[2]
+    assert not stream.ok, stream.line()
+    assert "logsdb" in stream.detail or "template" in stream.detail, stream.line()
 
 
 def test_unreachable_cluster(tmp_path: Path) -> None:
@@ -122,6 +136,7 @@ def test_unreachable_cluster(tmp_path: Path) -> None:
                          "connection refused")
     [result] = check_cluster(cfg)
     assert not result.ok
+    assert result.detail == f"cannot connect to http://127.0.0.1:{port}: connection refused"
 
 
 def closed_port() -> int:
