@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class DocumentSink(Protocol):
     def submit(self, doc: Doc) -> None: ...
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None: ...
+    # Optional: probe_failed(family, target, error), for a sink that records it.
     def tick(self) -> None: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
 
@@ -47,10 +48,12 @@ class Agent:
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _builder: DocumentBuilder | None = None
     _bash: BashTracker | None = None
+    stop_reason: str = "stopped"
 
     def start(self) -> None:
         """Compile, load and attach; after this returns, events are being captured."""
         self.probes = self.probes or Probes(self.cfg.capture)
+        self.probes.on_attach_failure = getattr(self.sink, "probe_failed", None)
         self.probes.load()
         host_ns = detect_host_namespaces()
         assert self.probes.spec is not None
@@ -93,7 +96,11 @@ class Agent:
             self.metrics.probes_attached = False
             self.probes.close()
 
-    def stop(self, *_args: Any) -> None:
+    def stop(self, *args: Any) -> None:
+        """Stop capturing; as a signal handler, remembers the signal (the stop document
+        says why the collector stopped)."""
+        if args and isinstance(args[0], int):
+            self.stop_reason = f"signal {signal.Signals(args[0]).name}"
         self.stop_event.set()
 
     def install_signal_handlers(self) -> None:

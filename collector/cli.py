@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(verify)
     verify.add_argument("--output", action="append", metavar="OUTPUT")
     verify.add_argument("--host-id", help="host.id to verify (default: this host)")
+    verify.add_argument("--keys", metavar="FILE",
+                        help="public keys of the hosts (one '<host.id> ed25519 <key>' a line, "
+                        "as the role collects them): check the signed checkpoints")
+
+    key = sub.add_parser("key", help="print this host's public checkpoint key (creating the "
+                         "key when there is none)")
+    _config_arg(key)
     return parser
 
 
@@ -94,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handlers = {"run": cmd_run, "check": cmd_check, "setup": cmd_setup, "verify": cmd_verify}
+    handlers = {"run": cmd_run, "check": cmd_check, "setup": cmd_setup, "verify": cmd_verify,
+                "key": cmd_key}
     try:
         return handlers[args.command](cfg, args)
     except KeyboardInterrupt:
@@ -111,6 +119,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from collector.delivery.pipeline import Pipeline
     from collector.ecs.documents import events_lost_document
     from collector.ecs.host import detect_host
+    from collector.lifecycle import Lifecycle, checkpoint_builder
     from collector.metrics import Metrics, MetricsServer
     from collector.preflight import blocking_problem
 
@@ -134,32 +143,41 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         server.start()
     try:
         pipeline = Pipeline(cfg, host, functools.partial(events_lost_document, host),
-                            start_shipping=False, metrics=metrics.delivery)
+                            start_shipping=False, metrics=metrics.delivery,
+                            build_checkpoint=checkpoint_builder(host))
     except (OSError, *SETTINGS_ERRORS) as exc:
         print(f"audit-collector: cannot open the outputs: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    agent = Agent(cfg, host, pipeline, metrics=metrics)
+    lifecycle = Lifecycle(cfg, host, pipeline, metrics, metrics.config_digest or "defaults")
+    agent = Agent(cfg, host, lifecycle, metrics=metrics)
     agent.install_signal_handlers()
     try:
         agent.start()
     except (ProbeError, OSError) as exc:
         print(f"audit-collector: {exc}\n(run `audit-collector check` for a diagnosis)",
               file=sys.stderr)
-        pipeline.close()
+        lifecycle.started([], ok=False)
+        lifecycle.probe_failed("all", "", str(exc))
+        lifecycle.stopped("probes could not be attached")
         return EXIT_FAILED
+    assert agent.probes is not None
+    lifecycle.started(list(agent.probes.families))
     try:
         pipeline.start_shipping()
     except (OSError, *SETTINGS_ERRORS) as exc:
         print(f"audit-collector: cannot start shipping: {exc}", file=sys.stderr)
-        if agent.probes is not None:
-            agent.probes.close()
-        pipeline.close()
+        agent.probes.close()
+        lifecycle.stopped("shipping could not start")
         return EXIT_FAILED
     log.info("ready in %.2f s (pid %d)", time.monotonic() - started, _pid())
+    reason = None
     try:
         agent.run()
+    except BaseException as exc:
+        reason = f"error: {type(exc).__name__}: {exc}"[:200]
+        raise
     finally:
-        pipeline.close()
+        lifecycle.stopped(reason or agent.stop_reason)
         if server:
             server.stop()
     return EXIT_OK
@@ -202,8 +220,32 @@ def cmd_setup(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     from collector.delivery.elasticsearch.verify import run_verify
+    from collector.delivery.signing import SigningKeyError, load_public_keys
 
-    return run_verify(cfg, args.host_id, sys.stdout)
+    keys = None
+    if args.keys:
+        try:
+            keys = load_public_keys(args.keys)
+        except SigningKeyError as exc:
+            print(f"verify: --keys: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return run_verify(cfg, args.host_id, sys.stdout, keys=keys)
+
+
+def cmd_key(cfg: Config, args: argparse.Namespace) -> int:
+    """One line for the collected key file: '<host.id> ed25519 <public key> <host.name>'."""
+    from collector.delivery.checkpoint import key_path
+    from collector.delivery.signing import SigningKeyError, host_key, key_line
+    from collector.ecs.host import detect_host
+
+    host = detect_host(cfg.host.name)
+    try:
+        key, _created = host_key(key_path(cfg.checkpoint, cfg.state_dir))
+    except SigningKeyError as exc:
+        print(f"audit-collector: key: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(key_line(host.id, key.public_b64, host.name))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

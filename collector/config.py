@@ -10,16 +10,18 @@ that names the dotted key (`capture.max_args: -1 is out of range [1, 1024]`).
 import hashlib
 import os
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
 import yaml
+from msgspec import Meta
 
 from collector.capture.settings import CaptureConfig
 from collector.delivery.elasticsearch.settings import ElasticsearchConfig, cluster_urls
 from collector.delivery.settings import (
     DEFAULT_STATE_DIR,
     BatchConfig,
+    CheckpointConfig,
     Output,
     OutputError,
     SpoolConfig,
@@ -46,6 +48,15 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         parse_listen(self.listen, "listen")
 
 
+class LifecycleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The collector's own documents (start, heartbeat, stop): see collector/lifecycle.py."""
+
+    # A heartbeat document every heartbeat_s seconds: silence longer than twice this means
+    # "collector down", not "host quiet" (`report gaps`). 60 s: a minute's resolution for
+    # outage durations at 1,440 small documents a day per host.
+    heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] = 60
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Outputs: "stdout", "file:PATH", "elasticsearch:URL" (one string or a list).
     outputs: Union[str, tuple[str, ...]] = ("stdout",)
@@ -57,6 +68,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     elasticsearch: ElasticsearchConfig = msgspec.field(default_factory=ElasticsearchConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.outputs, str):

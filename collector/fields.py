@@ -107,6 +107,45 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.lost.first_sequence": ("long", "First dropped sequence (spool drops)"),
     "audit_collector.lost.last_sequence": ("long", "Last dropped sequence (spool drops)"),
     "audit_collector.lost.total": ("long", "Cumulative losses of this kind since start"),
+    "audit_collector.lost.first_seen": (
+        "date", "Ring-buffer loss: when the first loss of this report was seen"),
+    # The collector's own documents (collector_start, collector_stop, heartbeat, checkpoint,
+    # probe_attach_failed, probe_detached): see collector/lifecycle.py.
+    "audit_collector.collector.config_digest": ("keyword", "SHA-256 of the configuration file"),
+    "audit_collector.collector.families": (
+        "keyword", "Probe families attached (start), detached (stop)"),
+    "audit_collector.collector.host_boot_time": ("date", "When the host booted (/proc/stat btime)"),
+    "audit_collector.collector.public_key": (
+        "keyword", "The host's Ed25519 checkpoint key, base64 of the raw 32 bytes"),
+    "audit_collector.collector.key_id": ("keyword", "First 16 hex digits of SHA-256(public key)"),
+    "audit_collector.collector.signing": ("keyword", "on, off, or why checkpoints are not signed"),
+    "audit_collector.collector.previous.end": (
+        "keyword", "How the previous run ended: clean, unclean, none (first start), unknown"),
+    "audit_collector.collector.previous.last_sequence": (
+        "long", "Last sequence of the previous run (its stop document after a clean stop)"),
+    "audit_collector.collector.previous.skipped_first": (
+        "long", "First sequence reserved before an unclean stop and never used"),
+    "audit_collector.collector.previous.skipped_last": ("long", "Last such sequence"),
+    "audit_collector.collector.reason": ("keyword", "Why the collector stopped"),
+    "audit_collector.collector.heartbeat_s": ("long", "Heartbeat interval in seconds"),
+    "audit_collector.heartbeat.since": ("date", "Start of the counting period (last heartbeat)"),
+    "audit_collector.heartbeat.captured.exec": ("long", "Exec events captured in the period"),
+    "audit_collector.heartbeat.captured.namespace": (
+        "long", "Namespace events captured in the period"),
+    "audit_collector.heartbeat.captured.bash": ("long", "Bash lines captured in the period"),
+    "audit_collector.heartbeat.lost": ("long", "Events and documents lost in the period"),
+    "audit_collector.heartbeat.spooled": ("long", "Documents spooled in the period"),
+    "audit_collector.heartbeat.shipped": ("long", "Documents Elasticsearch stored in the period"),
+    "audit_collector.heartbeat.dead_lettered": ("long", "Documents dead-lettered in the period"),
+    "audit_collector.checkpoint.sequence": ("long", "The signed chain position's sequence"),
+    "audit_collector.checkpoint.hash": ("keyword", "The signed chain position's chain hash"),
+    "audit_collector.checkpoint.boot_id": ("keyword", "Boot id in the signed payload"),
+    "audit_collector.checkpoint.signature": (
+        "keyword", "Ed25519 signature (base64) of the checkpoint payload"),
+    "audit_collector.checkpoint.key_id": ("keyword", "Id of the key that signed"),
+    "audit_collector.checkpoint.every_s": ("long", "Checkpoint interval in seconds"),
+    "audit_collector.probe.family": ("keyword", "Probe family of a probe event"),
+    "audit_collector.probe.target": ("keyword", "File the probe was to sit on (bash binaries)"),
     "audit_collector.chain.prev": ("keyword", "Chain value of the previous document"),
     "audit_collector.chain.hash": ("keyword", "SHA-256(prev + canonical document bytes)"),
 }

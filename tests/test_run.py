@@ -67,8 +67,16 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
     stdout_docs = [json.loads(line) for line in stdout.decode().split("\n") if line]
     assert [d["event"]["sequence"] for d in file_docs] == \
         [d["event"]["sequence"] for d in stdout_docs]
-    mine = [d for d in file_docs if d["process"].get("args") == ["/bin/true", mark]]
+    mine = [d for d in file_docs if d.get("process", {}).get("args") == ["/bin/true", mark]]
     assert len(mine) == 1
+    # The run's own documents frame it: start first, then detaches, stop and the checkpoint
+    # that signs them.
+    actions = [d["event"]["action"] for d in file_docs]
+    assert actions[0] == "collector_start"
+    assert actions[-5:] == ["probe_detached"] * 3 + ["collector_stop", "checkpoint"]
+    signal_name = signal.Signals(stop_signal).name
+    assert file_docs[-2]["audit_collector"]["collector"]["reason"] == f"signal {signal_name}"
+    assert file_docs[0]["audit_collector"]["collector"]["families"] == health["families"]
     seqs = [d["event"]["sequence"] for d in file_docs]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert b"Traceback" not in stderr

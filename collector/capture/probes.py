@@ -133,6 +133,8 @@ class Probes:
     # The files readline() is probed in, by (st_dev, st_ino): bash, or its libreadline.
     bash_probes: dict[tuple[int, int], BashProbe] = field(default_factory=dict)
     load_seconds: float = 0.0
+    # Told (family, target, error) when a probe cannot be attached (it is also logged).
+    on_attach_failure: Callable[[str, str, str], None] | None = None
 
     def load(self) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so `check` can explain
@@ -197,6 +199,8 @@ class Probes:
             )
         except Exception as exc:
             log.warning("cannot probe readline in %s: %s", target, exc)
+            if self.on_attach_failure is not None:
+                self.on_attach_failure(BASH.name, target, str(exc))
             return None
         shown = name or path
         probe = BashProbe(path=shown, target=target if library else shown, library=library)

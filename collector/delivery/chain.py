@@ -220,6 +220,12 @@ class Sealer:
         self.state_problem: str | None = None
         self.skipped: tuple[int, int] | None = None
         self.write_problem: str | None = None
+        # How the previous run ended: clean (it gave its reservation back), unclean (it
+        # did not: killed, crashed, power lost), none (no state, nothing recovered) or
+        # unknown (the state file was unusable); and the last sequence it is known to have
+        # sealed.
+        self.previous_end = "none"
+        self.previous_last: int | None = None
         self._saved_seq: int | None = None
         self._saved_at = -1e9  # monotonic time of the last state file write
         self._retry_at = -1e9  # monotonic time before which a failed reservation waits
@@ -281,6 +287,7 @@ class Sealer:
         if state is not None:
             points.append(state.head)
         head = max(points, key=lambda p: p.seq) if points else None
+        self._note_previous(state, head)
         if state is not None:
             used_up_to = state.reserved  # equal to state.head.seq after a clean stop
         elif head is None or self.state_problem is not None:
@@ -300,6 +307,15 @@ class Sealer:
                      used_up_to + 1, head.seq, used_up_to - head.seq)
             return ChainPoint(used_up_to, head.hash)
         return head
+
+    def _note_previous(self, state: _State | None, head: ChainPoint | None) -> None:
+        if state is not None:
+            clean = state.reserved == state.head.seq and (head is None
+                                                          or head.seq <= state.head.seq)
+            self.previous_end = "clean" if clean else "unclean"
+        elif head is not None or self.state_problem is not None:
+            self.previous_end = "unknown"
+        self.previous_last = head.seq if head is not None else None
 
     def _load_state(self) -> _State | None:
         path = self._state_dir / STATE_FILE

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
 from collector.delivery.metrics import DeliveryMetrics
@@ -67,6 +68,7 @@ class DroppedRange:
 class _RingbufLoss:
     counts: dict[str, int] = field(default_factory=dict)
     total: int = 0
+    first_seen: float | None = None  # unix time the first loss of this report was seen
 
 
 def runs_of(records: Iterable[tuple[int, bytes]], reason: DropReason) -> list[DroppedRange]:
@@ -124,6 +126,8 @@ class LossLedger:
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None:
         """The kernel could not reserve ring-buffer space for these events (per family)."""
         with self._lock:
+            if self._ringbuf.first_seen is None:
+                self._ringbuf.first_seen = time.time()
             for kind, count in grown.items():
                 self._metrics.events_lost.labels(kind=kind, where="ringbuf").inc(count)
                 self._ringbuf.counts[kind] = self._ringbuf.counts.get(kind, 0) + count
@@ -177,8 +181,15 @@ class LossLedger:
         if not loss.counts:
             return
         log.warning("ring buffer full: lost %s", loss.counts)
-        if write(self._build_report(loss.counts, "ringbuf", {"total": loss.total})) is None:
+        extra: dict[str, Any] = {"total": loss.total}
+        if loss.first_seen is not None:  # the loss happened between then and this report
+            extra["first_seen"] = datetime.fromtimestamp(
+                loss.first_seen, timezone.utc).isoformat(timespec="milliseconds")
+        if write(self._build_report(loss.counts, "ringbuf", extra)) is None:
             with self._lock:  # not written: count it again with the next round
+                if self._ringbuf.first_seen is None or (
+                        loss.first_seen is not None and loss.first_seen < self._ringbuf.first_seen):
+                    self._ringbuf.first_seen = loss.first_seen
                 for kind, count in loss.counts.items():
                     self._ringbuf.counts[kind] = self._ringbuf.counts.get(kind, 0) + count
 

@@ -4,8 +4,11 @@
 stdout/file sinks (buffered) and, when an Elasticsearch output is configured, appends it to
 the durable spool; the shipper thread does the rest. ``tick`` flushes sinks and the spool,
 checkpoints the sealer and lets the loss ledger (delivery/loss.py) write its
-``events_lost`` reports. ``close`` flushes, lets the shipper drain for a bounded time and
-leaves whatever is left in the spool for the next start.
+``events_lost`` reports. With a checkpoint builder, a signed checkpoint document
+(delivery/checkpoint.py) follows every `checkpoint.every_docs` documents or
+`checkpoint.every_s` seconds, and one signs the last document before the spool is drained
+at ``close``. ``close`` flushes, lets the shipper drain for a bounded time and leaves
+whatever is left in the spool for the next start.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from typing import Any
 
 from collector.delivery.chain import ChainPoint, HostIdentity, SealedDoc, Sealer, point_of
+from collector.delivery.checkpoint import CheckpointBuilder, Checkpointer
 from collector.delivery.elasticsearch.credentials import auth_options
 from collector.delivery.loss import LossLedger, ReportBuilder
 from collector.delivery.metrics import DeliveryMetrics
@@ -30,8 +34,11 @@ REPORT_SIZE_ESTIMATE = 4096
 class Pipeline:
     def __init__(self, cfg: DeliverySettings, host: HostIdentity, build_report: ReportBuilder,
                  client: Any = None, start_shipping: bool = True,
-                 metrics: DeliveryMetrics | None = None) -> None:
+                 metrics: DeliveryMetrics | None = None,
+                 build_checkpoint: CheckpointBuilder | None = None) -> None:
         """build_report: makes an events_lost document (the ECS wing's, wired by the caller).
+        build_checkpoint: makes a checkpoint document; given (and `checkpoint.enabled`), the
+        host key is loaded or created and checkpoints are signed.
         client: an Elasticsearch client to use instead of one built from cfg (tests).
         start_shipping=False: the caller calls `start_shipping()` later (`run` does, after the
         probes are loaded); credentials are still checked now."""
@@ -43,6 +50,11 @@ class Pipeline:
         self._shipper: Any = None
         recovered = self._open_outputs()
         self._sealer = Sealer(cfg.state_dir, host, tuple(recovered), self._metrics)
+        self._spooled = self._metrics.documents.labels(output="spool")
+        self.checkpoints: Checkpointer | None = None
+        if build_checkpoint is not None and cfg.checkpoint.enabled:
+            self.checkpoints = Checkpointer(cfg.checkpoint, cfg.state_dir, host,
+                                            build_checkpoint)
         self._closed = False
         self._client = client
         if self._spool is not None:
@@ -56,6 +68,8 @@ class Pipeline:
     def submit(self, doc: dict[str, Any]) -> None:
         """Seal and write one document; never blocks on the network."""
         self._write(self._sealer.seal(doc))
+        if self.checkpoints is not None and self.checkpoints.sealed():
+            self._sign_head()
 
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None:
         """The kernel dropped events (per family) since the last call; `total` since start."""
@@ -69,6 +83,8 @@ class Pipeline:
             self._spool.flush()
             self.losses.acknowledged(self._spool.acked_seq)
         self._report_losses(force=False)
+        if self.checkpoints is not None and self.checkpoints.due_by_time(self._sealer.head):
+            self._sign_head()
         self._sealer.checkpoint()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -77,15 +93,18 @@ class Pipeline:
             return
         self._closed = True
         self.tick()
+        self._sign_head()  # everything sealed so far, the stop document included
         if self._spool is not None:
             if self._shipper is not None:
                 self._drain(time.monotonic() + timeout_s)
             else:
                 self._report_losses(force=True)  # spooled, shipped by the next start
+                self._sign_head()
                 self._spool.flush()
             self._spool.close()
         else:
             self._report_losses(force=True)
+            self._sign_head()
         for sink in self._sinks:
             sink.close()
         self._sealer.checkpoint(durable=True)
@@ -96,6 +115,7 @@ class Pipeline:
         drained = False
         while True:
             self._report_losses(force=True)
+            self._sign_head()
             self._spool.flush()
             drained = self._shipper.drain(deadline)
             self.losses.acknowledged(self._spool.acked_seq)
@@ -103,6 +123,7 @@ class Pipeline:
                 break
         self._shipper.stop(max(0.1, deadline - time.monotonic()))
         self._report_losses(force=True)  # whatever came in last stays spooled for next start
+        self._sign_head()
         self._spool.flush()
         if not drained:
             log.warning("shutdown: %d documents stay in the spool for the next start",
@@ -152,7 +173,24 @@ class Pipeline:
             sink.write(sealed.data)
         if self._spool is None:
             return True
-        return self._spool.append(sealed.seq, sealed.id, sealed.data, report=report)
+        taken = self._spool.append(sealed.seq, sealed.id, sealed.data, report=report)
+        if taken:
+            self._spooled.inc()
+        return taken
+
+    def _sign_head(self) -> None:
+        """Seal a checkpoint signing the head, when anything was sealed since the last one
+        (it uses the loss reports' reserve: a full spool must not keep the tail unsigned)."""
+        checkpoints = self.checkpoints
+        head = self._sealer.head
+        if checkpoints is None or not checkpoints.moved(head):
+            return
+        if self._spool is not None and not self._spool.can_take(REPORT_SIZE_ESTIMATE,
+                                                                 report=True):
+            return
+        sealed = self._sealer.seal(checkpoints.document(head))
+        self._write(sealed, report=True)
+        checkpoints.written(sealed.seq)
 
     # ------------------------------------------------------------------ loss reports
 

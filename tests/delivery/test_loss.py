@@ -3,6 +3,8 @@ reported again, reports that Elasticsearch rejects not reported in a loop."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -148,7 +150,11 @@ def test_ring_buffer_losses_are_summed_per_family_until_reported() -> None:
     write = Writer()
     losses.ringbuf_lost({"exec": 3}, 3)
     losses.ringbuf_lost({"exec": 2, "bash": 1}, 6)
+    before = time.time()
     losses.report(write)
-    assert write.lost() == [{"source": "ringbuf", "exec": 5, "bash": 1, "total": 6}]
+    [report] = write.lost()
+    first_seen = datetime.fromisoformat(report.pop("first_seen")).timestamp()
+    assert report == {"source": "ringbuf", "exec": 5, "bash": 1, "total": 6}
+    assert before - 5 < first_seen <= before  # when the first of them was seen
     assert lost_metric(metrics, kind="exec", where="ringbuf") == 5
     assert lost_metric(metrics, kind="bash", where="ringbuf") == 1

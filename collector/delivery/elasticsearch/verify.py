@@ -26,6 +26,19 @@ For each document the chain hash is recomputed (see `collector.delivery.chain`),
   number it may have used, so nothing stored is contradicted; documents it had not shipped
   may be lost without a report. Noted, not a failure.
 
+Signed checkpoints (``--keys FILE``, the public keys the role collected; see
+delivery/signing.py): each checkpoint document's signature is checked against the host's
+key from that file, never from the index, and the chain hash it signed against the stored
+document at that sequence:
+
+* signature does not verify            -> BAD SIGNATURE (forged or altered checkpoint);
+* signed hash != stored hash           -> CHECKPOINT MISMATCH (the documents up to there were
+  rewritten and the chain recomputed);
+* documents after the last valid checkpoint, the oldest of them older than twice the
+  checkpoint interval -> UNSIGNED TAIL (appended without the key, or the collector stopped
+  without signing and never came back); younger ones are ``pending``.
+* the host has no key in the file       -> ``no key``: not established, not a failure.
+
 Search sees a write only after the index's next refresh (every ``index.refresh_interval``,
 1 s by default), so verify first refreshes the stream; without the privilege to (403) it
 waits until the host's document count stops changing for longer than the refresh interval.
@@ -36,6 +49,7 @@ be read, with one line on stderr).
 
 from __future__ import annotations
 
+import calendar
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -49,12 +63,15 @@ from collector.delivery.chain import GENESIS_PREV, chain_hash, chain_of, content
 from collector.delivery.elasticsearch.client import build_client
 from collector.delivery.elasticsearch.index import error_text
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
+from collector.delivery.signing import checkpoint_payload, signature_valid
 
 PAGE_SIZE = 1000
 RECENT_HASHES = 1 << 16  # how far back a fork point is recognised (a reserve block)
 SORT = [{"event.sequence": {"order": "asc"}},
         {"audit_collector.chain.hash": {"order": "asc", "unmapped_type": "keyword"}}]
-FAILING = ("gap", "edited", "chain_break", "duplicate", "unchained")
+FAILING = ("gap", "edited", "chain_break", "duplicate", "unchained", "bad_signature",
+           "checkpoint_mismatch", "unsigned_tail")
+DEFAULT_CHECKPOINT_S = 60
 
 
 @dataclass(frozen=True)
@@ -95,15 +112,34 @@ class _Head:
 
 
 @dataclass
+class Signatures:
+    """What the signed checkpoints established for one host."""
+
+    valid: int = 0
+    invalid: int = 0  # bad signature or mismatch
+    unchecked: int = 0  # no key for the host, or the signed document was not read
+    covered_seq: int | None = None  # documents up to here are covered by a valid signature
+    covered_to: int | None = None  # ...and the checkpoint document that says so
+    every_s: int = DEFAULT_CHECKPOINT_S
+
+
+@dataclass
 class ChainVerifier:
-    """Streaming check of one host's documents, fed in (sequence, chain hash) order."""
+    """Streaming check of one host's documents, fed in (sequence, chain hash) order.
+
+    keys: the host's public keys (base64) from the collected key file, or None when
+    signatures are not checked."""
 
     reports: list[LossReport] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     documents: int = 0
     first_seq: int | None = None
+    keys: list[str] | None = None
+    signatures: Signatures = field(default_factory=Signatures)
     _head: _Head | None = None
     _recent: dict[str, int] = field(default_factory=dict)  # chain hash -> sequence
+    _hash_at: dict[int, str] = field(default_factory=dict)  # sequence -> chain hash
+    _tail_first: tuple[int, str] | None = None  # first unsigned document: (seq, @timestamp)
 
     def feed(self, doc_id: str, source: dict[str, Any]) -> None:
         self.documents += 1
@@ -117,6 +153,12 @@ class ChainVerifier:
         if chain_hash(prev, content_bytes(source)) != digest:
             self._add("edited", seq, f"{doc_id}: content does not match its chain hash")
         self._note_reported_but_present(seq, doc_id)
+        checkpoint = (source.get("audit_collector") or {}).get("checkpoint")
+        if isinstance(checkpoint, dict):
+            self._check_checkpoint(seq, checkpoint, source)
+        if self._tail_first is None and (self.signatures.covered_to is None
+                                         or seq > self.signatures.covered_to):
+            self._tail_first = (seq, str(source.get("@timestamp", "")))
         head = self._head
         if head is None:
             self.first_seq = seq
@@ -132,8 +174,75 @@ class ChainVerifier:
 
     def _remember(self, digest: str, seq: int) -> None:
         self._recent[digest] = seq
+        self._hash_at[seq] = digest
         if len(self._recent) > RECENT_HASHES:
             del self._recent[next(iter(self._recent))]
+        if len(self._hash_at) > RECENT_HASHES:
+            del self._hash_at[next(iter(self._hash_at))]
+
+    # -- checkpoints
+
+    def _check_checkpoint(self, seq: int, checkpoint: dict[str, Any],
+                          source: dict[str, Any]) -> None:
+        sigs = self.signatures
+        signed_seq, signed_hash = checkpoint.get("sequence"), checkpoint.get("hash")
+        if isinstance(checkpoint.get("every_s"), int) and checkpoint["every_s"] > 0:
+            sigs.every_s = checkpoint["every_s"]
+        if not isinstance(signed_seq, int) or not isinstance(signed_hash, str):
+            sigs.invalid += 1
+            self._add("bad_signature", seq, "checkpoint without a sequence and hash")
+            return
+        stored = self._hash_at.get(signed_seq)
+        if stored is not None and stored != signed_hash:
+            sigs.invalid += 1
+            self._add("checkpoint_mismatch", seq, f"the checkpoint signs seq {signed_seq} "
+                      "with another chain hash than the stored document's (documents up to "
+                      "there were rewritten and the chain recomputed)")
+            return
+        if self.keys is None:
+            sigs.unchecked += 1
+            return
+        host = source.get("host") or {}
+        payload = checkpoint_payload(str(host.get("id", "")),
+                                     str(checkpoint.get("boot_id", "")), signed_seq,
+                                     signed_hash)
+        signature = str(checkpoint.get("signature", ""))
+        if not self.keys:
+            sigs.unchecked += 1
+            if sigs.unchecked == 1:
+                self._add("no_key", seq, "the key file has no public key for this host: "
+                          "signatures cannot be checked")
+            return
+        if not any(signature_valid(key, payload, signature) for key in self.keys):
+            sigs.invalid += 1
+            self._add("bad_signature", seq, f"the signature of the checkpoint of seq "
+                      f"{signed_seq} does not verify with the host's key (forged or altered)")
+            return
+        if stored is None:
+            sigs.unchecked += 1
+            return
+        sigs.valid += 1
+        sigs.covered_seq, sigs.covered_to = signed_seq, seq
+        self._tail_first = None
+
+    def finish(self, now_s: float | None = None) -> None:
+        """After the last document: judge the documents no valid signature covers."""
+        if self.keys is None or not self.keys or self._tail_first is None \
+                or self._head is None:
+            return
+        first, stamp = self._tail_first
+        last = self._head.seq
+        after = (f"after seq {self.signatures.covered_seq}" if self.signatures.covered_seq
+                 is not None else "(no valid checkpoint at all)")
+        age = _age_s(stamp, now_s)
+        limit = 2 * self.signatures.every_s
+        if age is not None and age <= limit:
+            self._add("pending", first, f"documents {after} are younger than {limit} s: "
+                      "the next checkpoint signs them", last)
+            return
+        self._add("unsigned_tail", first, f"documents {after} are not covered by a valid "
+                  f"signature although the collector signs every {self.signatures.every_s} s "
+                  "(appended without the key, or the collector stopped without signing)", last)
 
     def _check_link(self, seq: int, prev: str, expected: str, prev_seq: int) -> None:
         if prev == expected:
@@ -210,6 +319,23 @@ class ChainVerifier:
         return not any(f.failing for f in self.findings)
 
 
+def _age_s(stamp: str, now_s: float | None) -> float | None:
+    """Seconds from an RFC 3339 @timestamp to now (None when it cannot be read)."""
+    seconds = epoch_seconds(stamp)
+    if seconds is None:
+        return None
+    return (time.time() if now_s is None else now_s) - seconds
+
+
+def epoch_seconds(stamp: str) -> int | None:
+    """Unix seconds of an RFC 3339 UTC timestamp (the collector's @timestamp), to the
+    second; None when it is not one."""
+    try:
+        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, TypeError):
+        return None
+
+
 def loss_report_of(source: dict[str, Any]) -> LossReport | None:
     lost = (source.get("audit_collector") or {}).get("lost") or {}
     seq = (source.get("event") or {}).get("sequence")
@@ -221,11 +347,13 @@ def loss_report_of(source: dict[str, Any]) -> LossReport | None:
 
 
 def verify_documents(
-    docs: Iterable[tuple[str, dict[str, Any]]], reports: list[LossReport]
+    docs: Iterable[tuple[str, dict[str, Any]]], reports: list[LossReport],
+    keys: list[str] | None = None, now_s: float | None = None,
 ) -> ChainVerifier:
-    verifier = ChainVerifier(reports=reports)
+    verifier = ChainVerifier(reports=reports, keys=keys)
     for doc_id, source in docs:
         verifier.feed(doc_id, source)
+    verifier.finish(now_s)
     return verifier
 
 
@@ -334,10 +462,12 @@ def _host_query(host_id: str, lost_only: bool = False) -> dict[str, Any]:
     return {"bool": {"filter": clauses}}
 
 
-def verify_host(client: Elasticsearch, index: str, host_id: str) -> ChainVerifier:
+def verify_host(client: Elasticsearch, index: str, host_id: str,
+                keys: dict[str, list[str]] | None = None) -> ChainVerifier:
     reports = [r for _, src in iter_documents(client, index, _host_query(host_id, True))
                if (r := loss_report_of(src)) is not None]
-    return verify_documents(iter_documents(client, index, _host_query(host_id)), reports)
+    return verify_documents(iter_documents(client, index, _host_query(host_id)), reports,
+                            None if keys is None else keys.get(host_id, []))
 
 
 def _print_host(out: TextIO, host_id: str, result: ChainVerifier) -> None:
@@ -346,6 +476,12 @@ def _print_host(out: TextIO, host_id: str, result: ChainVerifier) -> None:
     print(f"host {host_id}: {result.documents} documents, {span}", file=out)
     for finding in result.findings:
         print(finding.line(), file=out)
+    if result.keys is not None:
+        sigs = result.signatures
+        covered = (f"documents up to seq {sigs.covered_seq} covered"
+                   if sigs.covered_seq is not None else "no document covered")
+        print(f"  signatures: {sigs.valid} valid, {sigs.invalid} invalid, {sigs.unchecked} "
+              f"not checked; {covered}", file=out)
     failing = sum(1 for f in result.findings if f.failing)
     print(f"  result: {'clean' if failing == 0 else f'{failing} unexplained problem(s)'}",
           file=out)
@@ -353,10 +489,11 @@ def _print_host(out: TextIO, host_id: str, result: ChainVerifier) -> None:
 
 def run_verify(
     cfg: ClusterSettings, host_id: str | None, out: TextIO,
-    client: Elasticsearch | None = None, err: TextIO | None = None
+    client: Elasticsearch | None = None, err: TextIO | None = None,
+    keys: dict[str, list[str]] | None = None,
 ) -> int:
     """Verify one host (or every host); findings on `out`, a failure in one line on `err`
-    (stderr)."""
+    (stderr). keys: host.id -> public keys (from `--keys FILE`) to check checkpoints."""
     index = cfg.elasticsearch.data_stream
     err = err or sys.stderr
     try:
@@ -372,7 +509,7 @@ def run_verify(
             return 0
         clean = True
         for host in hosts:
-            result = verify_host(client, index, host)
+            result = verify_host(client, index, host, keys)
             _print_host(out, host, result)
             clean = clean and result.clean
     except (ApiError, TransportError) as exc:
