@@ -74,10 +74,54 @@ def build_parser() -> argparse.ArgumentParser:
                         help="public keys of the hosts (one '<host.id> ed25519 <key>' a line, "
                         "as the role collects them): check the signed checkpoints")
 
+    _report_parser(sub)
+
     key = sub.add_parser("key", help="print this host's public checkpoint key (creating the "
                          "key when there is none)")
     _config_arg(key)
     return parser
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    report = sub.add_parser("report", help="compliance reports read from Elasticsearch")
+    kinds = report.add_subparsers(dest="report", required=True, metavar="REPORT")
+    helps = {"coverage": "per host and day: sequences, documents, missing, heartbeats, losses",
+             "gaps": "every sequence break and heartbeat silence, with duration and cause",
+             "commands": "every command run as root or by given login users (streamed)",
+             "integrity": "per host and day: chain head, signatures, first broken sequence"}
+    for name, text in helps.items():
+        kind = kinds.add_parser(name, help=text)
+        _config_arg(kind)
+        kind.add_argument("--output", action="append", metavar="OUTPUT",
+                          help="elasticsearch:URL of the cluster (default: the config's)")
+        kind.add_argument("--from", dest="start", metavar="WHEN",
+                          help="YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, UTC (default: the start "
+                          "of the last full day)")
+        kind.add_argument("--to", dest="end", metavar="WHEN",
+                          help="end, excluded (default: --from plus one day, or today 00:00)")
+        kind.add_argument("--host", help="one host (host.name or host.id)")
+        kind.add_argument("--format", choices=("table", "csv", "ndjson", "html"),
+                          default="table")
+        kind.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+        kind.add_argument("--evidence", metavar="DIR", help="write a signed evidence folder")
+        kind.add_argument("--signing-key", metavar="FILE",
+                          help="the auditor's Ed25519 private key (PEM) for --evidence "
+                          "(default: a generated one, its public half beside the folder)")
+        if name in ("coverage", "gaps"):
+            kind.add_argument("--inventory", metavar="FILE",
+                              help="Ansible inventory (INI or YAML): hosts that sent nothing")
+        if name == "commands":
+            kind.add_argument("--privileged", action="store_true",
+                              help="commands with uid or euid 0 (the default without --user)")
+            kind.add_argument("--user", action="append", metavar="U",
+                              help="commands of this login user (name or uid; repeatable)")
+        if name == "integrity":
+            kind.add_argument("--keys", metavar="FILE",
+                              help="the hosts' public keys as the role collects them")
+    check = kinds.add_parser("verify-evidence", help="check an evidence folder offline")
+    check.add_argument("folder", metavar="DIR")
+    check.add_argument("--key", metavar="FILE", help="the public key the evidence must be "
+                       "signed with (default: DIR.pub beside the folder)")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -85,8 +129,8 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    cfg = load_config(args.config)
-    return with_overrides(cfg, args.output, getattr(args, "spool_dir", None))
+    cfg = load_config(getattr(args, "config", None))
+    return with_overrides(cfg, getattr(args, "output", None), getattr(args, "spool_dir", None))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handlers = {"run": cmd_run, "check": cmd_check, "setup": cmd_setup, "verify": cmd_verify,
-                "key": cmd_key}
+                "key": cmd_key, "report": cmd_report}
     try:
         return handlers[args.command](cfg, args)
     except KeyboardInterrupt:
@@ -230,6 +274,12 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
             print(f"verify: --keys: {exc}", file=sys.stderr)
             return EXIT_USAGE
     return run_verify(cfg, args.host_id, sys.stdout, keys=keys)
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from collector.report.main import run_report
+
+    return run_report(cfg, args, ["audit-collector", *sys.argv[1:]])
 
 
 def cmd_key(cfg: Config, args: argparse.Namespace) -> int:

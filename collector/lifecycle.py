@@ -92,16 +92,19 @@ class Lifecycle:
     """The agent's sink: the pipeline, plus the collector's own documents."""
 
     def __init__(self, cfg: Config, host: HostInfo, pipeline: Pipeline, metrics: Metrics,
-                 config_digest: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 config_digest: str, clock: Callable[[], float] = time.monotonic,
+                 wall_ns: Callable[[], int] = time.time_ns) -> None:
+        """clock: when heartbeats are due; wall_ns: the documents' time (tests set both)."""
         self._cfg = cfg
         self._host = host
         self._pipeline = pipeline
         self._digest = config_digest
         self._clock = clock
+        self._wall_ns = wall_ns
         self._counters = Counters(metrics)
         self._interval = cfg.lifecycle.heartbeat_s
         self._next_heartbeat = clock() + self._interval
-        self._since_ns = time.time_ns()
+        self._since_ns = wall_ns()
         self._families: list[str] = []
         self._early: list[Doc] = []  # probe failures before the start document
         self._started = False
@@ -112,12 +115,13 @@ class Lifecycle:
     def started(self, families: list[str], ok: bool = True) -> None:
         """The start document: call before anything else is submitted."""
         self._families = list(families)
-        self._pipeline.submit(start_document(self._host, self._start_fields(families), ok))
+        self._pipeline.submit(start_document(self._host, self._start_fields(families), ok,
+                                             now_ns=self._wall_ns()))
         self._started = True
         for doc in self._early:
             self._pipeline.submit(doc)
         self._early.clear()
-        self._since_ns = time.time_ns()
+        self._since_ns = self._wall_ns()
         self._next_heartbeat = self._clock() + self._interval
 
     def _start_fields(self, families: list[str]) -> dict[str, Any]:
@@ -145,7 +149,7 @@ class Lifecycle:
         return fields
 
     def probe_failed(self, family: str, target: str, error: str) -> None:
-        doc = probe_document(self._host, True, family, target, error)
+        doc = probe_document(self._host, True, family, target, error, now_ns=self._wall_ns())
         if self._started:
             self._pipeline.submit(doc)
         else:
@@ -156,8 +160,10 @@ class Lifecycle:
         if self._closed:
             return
         for family in self._families:
-            self._pipeline.submit(probe_document(self._host, False, family))
-        self._pipeline.submit(stop_document(self._host, reason, self._families))
+            self._pipeline.submit(probe_document(self._host, False, family,
+                                                 now_ns=self._wall_ns()))
+        self._pipeline.submit(stop_document(self._host, reason, self._families,
+                                            now_ns=self._wall_ns()))
         self.close()
 
     # ------------------------------------------------------------------ DocumentSink
@@ -176,7 +182,7 @@ class Lifecycle:
         self._pipeline.tick()
 
     def heartbeat(self) -> None:
-        since, self._since_ns = self._since_ns, time.time_ns()
+        since, self._since_ns = self._since_ns, self._wall_ns()
         self._pipeline.submit(heartbeat_document(self._host, self._interval, since,
                                                  self._counters.since_last(),
                                                  now_ns=self._since_ns))

@@ -3,7 +3,8 @@
 capture/  (kernel side)      may import: capture
 ecs/      (documents)        may import: capture, ecs, fields
 delivery/ (seal, spool, ES)  may import: delivery, fields
-top (cli, agent, config, metrics, preflight) may import anything.
+report/   (reads ES back)    may import: report, delivery, fields
+top (cli, agent, config, metrics, preflight, lifecycle) may import anything.
 `collector/fields.py` is the field table (no collector imports); `collector/__init__.py`
 holds only the version.
 """
@@ -20,6 +21,7 @@ ALLOWED = {
     "capture": ("collector.capture",),
     "ecs": ("collector.capture", "collector.ecs", "collector.fields"),
     "delivery": ("collector.delivery", "collector.fields"),
+    "report": ("collector.report", "collector.delivery", "collector.fields"),
 }
 LEAVES = ("fields.py", "__init__.py")
 

@@ -1,0 +1,1 @@
+"""`audit-collector report`: compliance reports read from Elasticsearch (read-only)."""
