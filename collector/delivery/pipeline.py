@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from collector.delivery.chain import ChainPoint, HostIdentity, SealedDoc, Sealer, point_of
@@ -35,10 +36,12 @@ class Pipeline:
     def __init__(self, cfg: DeliverySettings, host: HostIdentity, build_report: ReportBuilder,
                  client: Any = None, start_shipping: bool = True,
                  metrics: DeliveryMetrics | None = None,
-                 build_checkpoint: CheckpointBuilder | None = None) -> None:
+                 build_checkpoint: CheckpointBuilder | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """build_report: makes an events_lost document (the ECS wing's, wired by the caller).
         build_checkpoint: makes a checkpoint document; given (and `checkpoint.enabled`), the
-        host key is loaded or created and checkpoints are signed.
+        host key is loaded or created and checkpoints are signed. clock: when checkpoints
+        are due (tests drive a fake one).
         client: an Elasticsearch client to use instead of one built from cfg (tests).
         start_shipping=False: the caller calls `start_shipping()` later (`run` does, after the
         probes are loaded); credentials are still checked now."""
@@ -54,7 +57,7 @@ class Pipeline:
         self.checkpoints: Checkpointer | None = None
         if build_checkpoint is not None and cfg.checkpoint.enabled:
             self.checkpoints = Checkpointer(cfg.checkpoint, cfg.state_dir, host,
-                                            build_checkpoint)
+                                            build_checkpoint, clock)
         self._closed = False
         self._client = client
         if self._spool is not None:

@@ -125,7 +125,7 @@ def _signature(day: _Day, verifier: ChainVerifier) -> str:
         return "no key for this host"
     if day.invalid:
         return "invalid"
-    covered = verifier.signatures.covered_seq
+    covered = verifier.signatures.covered_to  # the checkpoint document itself included
     if covered is not None and day.last is not None and day.last <= covered:
         return "signed"
     if any(f.kind == "pending" for f in day.findings):
@@ -137,10 +137,12 @@ def _row(host: str, host_id: str, day: _Day, verifier: ChainVerifier) -> dict[st
     failing = [f for f in day.findings if f.failing]
     signature = _signature(day, verifier)
     problems = sorted({f.kind for f in day.findings})
-    status = "ok" if not failing and signature in ("signed", "pending", "not checked "
-                                                   "(no --keys)") else "FAILED"
-    if status == "ok" and signature == "no key for this host":
+    if failing or signature in ("invalid", "unsigned"):
+        status = "FAILED"
+    elif signature == "no key for this host":
         status = "not established"
+    else:
+        status = "ok"
     return {"host": host, "host_id": host_id, "day": day.day, "documents": day.documents,
             "first_sequence": day.first, "last_sequence": day.last, "head_hash": day.head,
             "checkpoints_valid": day.valid, "checkpoints_invalid": day.invalid,

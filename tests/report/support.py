@@ -21,8 +21,8 @@ from collector.lifecycle import Lifecycle
 from collector.metrics import Metrics
 from tests.delivery.helpers import make_config, synthetic_doc
 
-DAY = "2030-01-10"
-DAY_START = 1894233600  # 2030-01-10T00:00:00Z
+DAY = "2024-01-10"
+DAY_START = 1704844800  # 2024-01-10T00:00:00Z
 FAMILIES = ["exec", "namespaces", "bash"]
 
 
@@ -72,7 +72,8 @@ class FakeCollector:
             lambda counts, source, extra: events_lost_document(who, counts, source, extra,
                                                                now_ns=wall()),
             metrics=self.metrics.delivery,
-            build_checkpoint=lambda cp: checkpoint_document(who, cp, now_ns=wall()))
+            build_checkpoint=lambda cp: checkpoint_document(who, cp, now_ns=wall()),
+            clock=wall.seconds)
         self.life = Lifecycle(self.cfg, who, self.pipeline, self.metrics, "d1g3st",
                               clock=wall.seconds, wall_ns=wall)
         self.life.started(FAMILIES if families is None else families)
