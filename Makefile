@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench vm-test clean
+.PHONY: setup test-deps run test lint bench vm-test clean
 
 setup: $(STAMP)
 	@scripts/setup-host.sh
@@ -19,7 +19,11 @@ run: setup
 	@mkdir -p .run
 	$(VENV)/bin/audit-collector run --config config/local.yaml
 
-test: setup
+# Headless chromium for the HTML report tests.
+test-deps:
+	@scripts/setup-test-deps.sh
+
+test: setup test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q tests
 
