@@ -2,10 +2,10 @@
 (max - min + 1 - count), heartbeats, restarts and documented losses; the hosts of an
 inventory that sent nothing.
 
-Three composite aggregations over (host.id, host.name, day), each paged to the end and
-sorted the same way, joined as they stream: every document (min/max/count/cardinality of
-event.sequence), the lifecycle documents (heartbeats, starts, stops, per action) and the
-events_lost reports (sums of what they report).
+One composite aggregation over (host.id, host.name, day, event.action), paged to the end:
+per bucket min/max/count/cardinality of event.sequence, the heartbeat interval and the sums
+of what events_lost reports declare; the buckets of one host-day are consecutive and are
+merged as they stream.
 """
 
 from __future__ import annotations
@@ -26,23 +26,21 @@ COLUMNS = ["host", "host_id", "day", "first_sequence", "last_sequence", "documen
 KEY_SOURCES = [{"host": {"terms": {"field": "host.id"}}},
                {"name": {"terms": {"field": "host.name"}}},
                {"day": {"date_histogram": {"field": "@timestamp", "calendar_interval": "1d",
-                                           "time_zone": "UTC"}}}]
-SEQUENCE_AGGS = {"first": {"min": {"field": "event.sequence"}},
-                 "last": {"max": {"field": "event.sequence"}},
-                 "count": {"value_count": {"field": "event.sequence"}},
-                 "distinct": {"cardinality": {"field": "event.sequence",
-                                              "precision_threshold": 40000}}}
-LIFECYCLE_COUNTED = ("heartbeat", "collector_start", "collector_stop")
+                                           "time_zone": "UTC"}}},
+               {"action": {"terms": {"field": "event.action"}}}]
 LOST_FIELDS = ("documents", "exec", "namespace", "bash")
+DAY_AGGS = {"first": {"min": {"field": "event.sequence"}},
+            "last": {"max": {"field": "event.sequence"}},
+            "count": {"value_count": {"field": "event.sequence"}},
+            "distinct": {"cardinality": {"field": "event.sequence",
+                                         "precision_threshold": 40000}},
+            "interval": {"max": {"field": "audit_collector.collector.heartbeat_s"}},
+            **{f"lost_{name}": {"sum": {"field": f"audit_collector.lost.{name}"}}
+               for name in LOST_FIELDS}}
 
 
 def base_query(period: Period, host: str | None, *extra: dict[str, Any]) -> dict[str, Any]:
     return {"bool": {"filter": [period.range_query(), *host_filter(host), *extra]}}
-
-
-def _key(bucket: dict[str, Any]) -> tuple[str, str, int]:
-    key = bucket["key"]
-    return key["host"], key["name"], int(key["day"])
 
 
 def _value(bucket: dict[str, Any], name: str) -> int | None:
@@ -50,59 +48,44 @@ def _value(bucket: dict[str, Any], name: str) -> int | None:
     return None if value is None else int(value)
 
 
-def sequence_days(source: Source, period: Period, host: str | None
-                  ) -> Iterator[dict[str, Any]]:
-    """Per (host, name, day): first/last sequence, count and distinct count."""
-    for bucket in source.composite(base_query(period, host), KEY_SOURCES, SEQUENCE_AGGS):
-        host_id, name, day = _key(bucket)
-        yield {"host_id": host_id, "host": name, "day": day_of(day // 1000),
-               "key": (host_id, name, day), "first": _value(bucket, "first"),
-               "last": _value(bucket, "last"), "count": _value(bucket, "count") or 0,
-               "distinct": _value(bucket, "distinct")}
-
-
-def _lifecycle(source: Source, period: Period, host: str | None
-               ) -> Iterator[tuple[tuple[str, str, int], dict[str, Any]]]:
-    query = base_query(period, host, {"terms": {"event.action": list(LIFECYCLE_COUNTED)}})
-    sources = [*KEY_SOURCES, {"action": {"terms": {"field": "event.action"}}}]
-    aggs = {"interval": {"max": {"field": "audit_collector.collector.heartbeat_s"}}}
-    current: tuple[str, str, int] | None = None
-    found: dict[str, Any] = {}
-    for bucket in source.composite(query, sources, aggs):
-        key = _key(bucket)
-        if key != current:
+def host_days(source: Source, period: Period, host: str | None) -> Iterator[dict[str, Any]]:
+    """Per (host, name, day): first/last sequence, count, distinct count, lifecycle counts
+    and the losses reported; from one composite over (host, name, day, action) whose
+    buckets of a host-day are consecutive (one pass over the documents)."""
+    current: dict[str, Any] | None = None
+    for bucket in source.composite(base_query(period, host), KEY_SOURCES, DAY_AGGS):
+        key = bucket["key"]
+        ident = (key["host"], key["name"], int(key["day"]))
+        if current is None or current["key"] != ident:
             if current is not None:
-                yield current, found
-            current, found = key, {}
-        found[bucket["key"]["action"]] = bucket["doc_count"]
-        interval = _value(bucket, "interval")
-        if interval:
-            found["interval"] = interval
+                yield current
+            current = {"host_id": ident[0], "host": ident[1], "day": day_of(ident[2] // 1000),
+                       "key": ident, "first": None, "last": None, "count": 0,
+                       "distinct": 0, "actions": {}, "interval": None,
+                       "lost": dict.fromkeys(LOST_FIELDS, 0)}
+        _add_bucket(current, key["action"], bucket)
     if current is not None:
-        yield current, found
+        yield current
 
 
-def _losses(source: Source, period: Period, host: str | None
-            ) -> Iterator[tuple[tuple[str, str, int], dict[str, int]]]:
-    query = base_query(period, host, {"term": {"event.action": "events_lost"}})
-    aggs = {name: {"sum": {"field": f"audit_collector.lost.{name}"}} for name in LOST_FIELDS}
-    for bucket in source.composite(query, KEY_SOURCES, aggs):
-        yield _key(bucket), {name: _value(bucket, name) or 0 for name in LOST_FIELDS}
+def _add_bucket(day: dict[str, Any], action: str, bucket: dict[str, Any]) -> None:
+    first, last = _value(bucket, "first"), _value(bucket, "last")
+    if first is not None:
+        day["first"] = first if day["first"] is None else min(day["first"], first)
+    if last is not None:
+        day["last"] = last if day["last"] is None else max(day["last"], last)
+    day["count"] += _value(bucket, "count") or 0
+    day["distinct"] += _value(bucket, "distinct") or 0
+    day["actions"][action] = bucket["doc_count"]
+    interval = _value(bucket, "interval")
+    if interval:
+        day["interval"] = interval
+    if action == "events_lost":
+        for name in LOST_FIELDS:
+            day["lost"][name] += _value(bucket, f"lost_{name}") or 0
 
 
-class _Follower:
-    """A sorted stream of (key, value) read up to a key (the join of the composites)."""
-
-    def __init__(self, items: Iterator[tuple[Any, Any]]) -> None:
-        self._items = items
-        self._next = next(items, None)
-
-    def at(self, key: Any) -> Any:
-        while self._next is not None and self._next[0] < key:
-            self._next = next(self._items, None)
-        if self._next is not None and self._next[0] == key:
-            return self._next[1]
-        return None
+sequence_days = host_days  # gaps and integrity read the same per host-day rows
 
 
 def status_of(row: dict[str, Any]) -> str:
@@ -129,18 +112,14 @@ def coverage_report(source: Source, period: Period, host: str | None,
 
 def _rows(source: Source, period: Period, host: str | None, inventory: list[str] | None,
           report: Report) -> Iterator[dict[str, Any]]:
-    lifecycle = _Follower(_lifecycle(source, period, host))
-    losses = _Follower(_losses(source, period, host))
     seen_names: set[str] = set()
     totals = report.totals
     totals.update(hosts=0, host_days=0, documents=0, missing=0, events_lost=0,
                   documents_lost=0, host_days_with_problems=0)
     last_host = None
-    for day in sequence_days(source, period, host):
+    for day in host_days(source, period, host):
         seen_names.add(day["host"])
-        life = lifecycle.at(day["key"]) or {}
-        lost = losses.at(day["key"]) or {}
-        row = _row(day, life, lost, period)
+        row = _row(day, period)
         if day["host_id"] != last_host:
             totals["hosts"] += 1
             last_host = day["host_id"]
@@ -156,12 +135,12 @@ def _rows(source: Source, period: Period, host: str | None, inventory: list[str]
         yield from _silent_hosts(inventory, seen_names, period, report)
 
 
-def _row(day: dict[str, Any], life: dict[str, Any], lost: dict[str, int], period: Period
-         ) -> dict[str, Any]:
+def _row(day: dict[str, Any], period: Period) -> dict[str, Any]:
     first, last, count = day["first"], day["last"], day["count"]
     missing = (last - first + 1 - count) if first is not None and last is not None else 0
-    distinct = day["distinct"] if day["distinct"] is not None else count
-    interval = life.get("interval") or DEFAULT_HEARTBEAT_S
+    distinct = day["distinct"]
+    interval = day["interval"] or DEFAULT_HEARTBEAT_S
+    life, lost = day["actions"], day["lost"]
     beats = life.get("heartbeat", 0)
     seconds = period.seconds_in(day["day"]) or DAY_S
     row = {"host": day["host"], "host_id": day["host_id"], "day": day["day"],

