@@ -93,6 +93,7 @@ class FakeCollector:
         doc = synthetic_doc(self.events)
         doc["@timestamp"] = stamp(self.wall())
         doc["host"] = self.host.ecs()
+        doc["process"]["command_line"] = f"systemctl restart app-{self.events}"
         doc["user"] = {"id": user, "name": "root" if user == "0" else f"user{user}",
                        "effective": {"id": user}, "audit": {"id": "1000", "name": "alice"}}
         self.events += 1
