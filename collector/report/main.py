@@ -34,6 +34,9 @@ from collector.report.render import HtmlPage, grid_html, write
 from collector.report.source import Source, epoch, host_filter
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+# A report's first aggregation over months of a fleet's documents may take minutes; the
+# shipper's request timeout (elasticsearch.request_timeout_s) is for bulk requests.
+REPORT_TIMEOUT_S = 600.0
 EXTENSIONS = {"table": "txt", "csv": "csv", "ndjson": "ndjson", "html": "html"}
 RETENTION_DAYS = 365
 
@@ -59,7 +62,8 @@ def run_report(cfg: ClusterSettings, args: Any, argv: list[str],
         return EXIT_OK
     try:
         inputs = _inputs(args)
-        client = client or build_client(cfg)
+        client = client or build_client(cfg, max(cfg.elasticsearch.request_timeout_s,
+                                                 REPORT_TIMEOUT_S))
         source = Source(client, cfg.elasticsearch.data_stream)
         return _produce(source, cfg, args, argv, inputs, out, err)
     except (PeriodError, InventoryError, ReportError, EvidenceError, ClusterConfigError) as exc:
