@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench vm-test clean
+.PHONY: setup run test lint bench clean
 
 setup: $(STAMP)
 	@scripts/setup-host.sh
@@ -22,6 +22,7 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q tests
+	$(MAKE) --no-print-directory test-py39
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -140,7 +140,7 @@ def _match_path(pattern: tuple[str, ...], segs: list[str]) -> dict[str, str] | N
     if len(pattern) != len(segs):
         return None
     params: dict[str, str] = {}
-    for want, got in zip(pattern, segs, strict=True):
+    for want, got in zip(pattern, segs):
         if want.startswith("{"):
             if not got or got.startswith("_"):
                 return None

@@ -53,7 +53,7 @@ def date_math(value: Any, now_ms: int | None = None, round_up: bool = False) -> 
         if parsed is None:
             return None
         base = parsed
-    dt = datetime.datetime.fromtimestamp(base / 1000, tz=datetime.UTC)
+    dt = datetime.datetime.fromtimestamp(base / 1000, tz=datetime.timezone.utc)
     for sign, amount, unit in _OP_RE.findall(m.group("ops") or ""):
         dt = _shift(dt, int(amount) * (1 if sign == "+" else -1), unit)
     if m.group("round"):
