@@ -22,6 +22,7 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q tests
+	@$(MAKE) --no-print-directory ansible-test
 
 lint: setup
 	$(VENV)/bin/ruff check .

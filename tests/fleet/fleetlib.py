@@ -10,6 +10,7 @@ it has not written. Results are read from a recording callback (callback_plugins
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -46,7 +47,7 @@ class Run:
     def results(self, task: str | None = None, host: str | None = None,
                 play: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == "result"
-                and (task is None or e["task"] == task)
+                and (task is None or e["task"].endswith(task))
                 and (host is None or e["host"] == host)
                 and (play is None or e["play"] == play)]
 
@@ -133,6 +134,7 @@ def ansible_env(workdir: Path, record: Path) -> dict[str, str]:
         "ANSIBLE_LOCAL_TEMP": str(workdir / ".ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": str(workdir / ".ansible-remote-tmp"),
         "ANSIBLE_DEPRECATION_WARNINGS": "0",
+        "ANSIBLE_PIPELINING": "True",
     }
 
 
@@ -221,3 +223,42 @@ def tree_state(path: Path) -> dict[str, str]:
         else:
             state[rel] = "dir"
     return state
+
+
+@dataclass
+class InstalledCollection:
+    path: Path  # a collections path (holding ansible_collections/)
+    config: Path  # an ansible.cfg that knows nothing of the checkout
+
+    def env(self) -> dict[str, str]:
+        return {"ANSIBLE_CONFIG": str(self.config), "ANSIBLE_COLLECTIONS_PATH": str(self.path)}
+
+
+def install_from_git(root: Path) -> InstalledCollection:
+    repo = root / "repo"
+    shutil.copytree(COLLECTION, repo / "ansible", symlinks=True,
+                    ignore=shutil.ignore_patterns(".ansible", "__pycache__", "*.tar.gz"))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@invalid", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "collection"], check=True)
+    subprocess.run([*git, "tag", "v0.1.0"], check=True)
+    requirements = root / "requirements.yml"
+    requirements.write_text(yaml.safe_dump({"collections": [
+        {"name": f"git+file://{repo}#/ansible/", "type": "git", "version": "v0.1.0"}]}))
+    config = root / "ansible.cfg"
+    config.write_text("[defaults]\ninterpreter_python = auto_silent\n")
+    collections = root / "collections"
+    subprocess.run([str(ANSIBLE_BIN / "ansible-galaxy"), "collection", "install", "-r",
+                    str(requirements), "-p", str(collections)],
+                   check=True, capture_output=True, text=True, cwd=root,
+                   env={**os.environ, "ANSIBLE_CONFIG": str(config),
+                        "ANSIBLE_HOME": str(root / ".ansible-home")})
+    return InstalledCollection(collections, config)
+
+
+def slowest(run: Run, count: int = 10) -> list[tuple[float, str]]:
+    """The tasks that took longest (from one task start to the next), for tuning."""
+    starts = [e for e in run.events if e["event"] == "start"]
+    spans = [(round(b["time"] - a["time"], 1), a["task"]) for a, b in itertools.pairwise(starts)]
+    return sorted(spans, reverse=True)[:count]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase
@@ -35,6 +36,7 @@ class CallbackModule(CallbackBase):
 
     def _write(self, event: dict[str, Any]) -> None:
         if self._path:
+            event["time"] = round(time.monotonic(), 3)
             with open(self._path, "a", encoding="utf-8") as out:
                 out.write(json.dumps(event, default=str) + "\n")
 

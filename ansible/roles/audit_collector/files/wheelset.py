@@ -3,6 +3,7 @@
   fingerprint SRC PATH... [--extra FILE...]   sha256 over what goes into the wheel
   build SRC DEST PATH... --python PY          reproducible wheel of SRC into DEST
   lock LOCK WHEEL OUT                         LOCK with the collector pinned to WHEEL's hash
+  deps LOCK OUT                               LOCK without the collector (its dependencies)
 
 A build copies only PATHs (never README.md: the wheel gets a one-line stub instead, so a
 README edit neither changes the wheel nor restarts a fleet), normalises file modes, fixes
@@ -101,8 +102,8 @@ def wheel_version(wheel: Path) -> str:
     return match.group(1)
 
 
-def pin_collector(lock_text: str, wheel: Path) -> str:
-    """The lock without its audit-collector entry, plus one pinned to WHEEL."""
+def without_collector(lock_text: str) -> str:
+    """The lock without its audit-collector entry."""
     kept: list[str] = []
     skipping = False
     for line in lock_text.splitlines():
@@ -113,9 +114,20 @@ def pin_collector(lock_text: str, wheel: Path) -> str:
             skipping = False
         if not skipping:
             kept.append(line)
+    return "\n".join(kept).rstrip("\n") + "\n"
+
+
+def pin_collector(lock_text: str, wheel: Path) -> str:
+    """The lock without its audit-collector entry, plus one pinned to WHEEL."""
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    entry = f"{PACKAGE}=={wheel_version(wheel)} \\\n    --hash=sha256:{sha}"
-    return "\n".join(kept).rstrip("\n") + "\n" + entry + "\n"
+    entry = f"{PACKAGE}=={wheel_version(wheel)} \\\n    --hash=sha256:{sha}\n"
+    return without_collector(lock_text) + entry
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,16 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("lock", type=Path)
     lk.add_argument("wheel", type=Path)
     lk.add_argument("out", type=Path)
+    dp = sub.add_parser("deps")
+    dp.add_argument("lock", type=Path)
+    dp.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "fingerprint":
         print(fingerprint(args.src, args.paths, args.extra))
     elif args.command == "build":
         print(build(args.src, args.dest, args.paths, args.python))
+    elif args.command == "lock":
+        write_atomically(args.out, pin_collector(args.lock.read_text(), args.wheel))
     else:
-        text = pin_collector(args.lock.read_text(), args.wheel)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        write_atomically(args.out, without_collector(args.lock.read_text()))
     return 0
 
 
