@@ -149,6 +149,7 @@ def ansible_playbook(playbook: str | Path, *args: str, extra: dict[str, Any] | N
                           text=True, capture_output=True, timeout=timeout, check=False)
     events = [json.loads(line) for line in record.read_text().splitlines()] \
         if record.exists() else []
+    record.with_suffix(".log").write_text(proc.stdout + proc.stderr)
     return Run(proc.returncode, proc.stdout + proc.stderr, events)
 
 

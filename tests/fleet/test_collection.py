@@ -47,12 +47,13 @@ def test_artifact_holds_the_collection_and_no_checkout_files(artifact: Path) -> 
 
 def syntax_check(workdir: Path, env: dict[str, str]) -> None:
     (workdir / "hosts.ini").write_text(INVENTORY)
-    for playbook in ("site", "uninstall", "prefetch_wheels"):
-        proc = subprocess.run(
-            [str(ANSIBLE_BIN / "ansible-playbook"), f"audit_collector.fleet.{playbook}",
-             "--syntax-check", "-i", "hosts.ini"], cwd=workdir, text=True, capture_output=True,
-            check=False, env={**ansible_env(workdir, workdir / "events"), **env})
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    playbooks = [f"audit_collector.fleet.{p}" for p in ("site", "uninstall", "prefetch_wheels")]
+    proc = subprocess.run(
+        [str(ANSIBLE_BIN / "ansible-playbook"), *playbooks, "--syntax-check", "-i", "hosts.ini"],
+        cwd=workdir, text=True, capture_output=True, check=False,
+        env={**ansible_env(workdir, workdir / "events"), **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("playbook: ") == 3, proc.stdout
 
 
 def test_artifact_installs_and_runs_outside_the_checkout(artifact: Path, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.fleet.fleetlib import ANSIBLE_BIN, COLLECTION, ROLE, ansible_env
@@ -26,11 +25,11 @@ def defaults() -> dict:
     return yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "uninstall.yml", "prefetch-wheels.yml"])
-def test_syntax(playbook: str, tmp_path: Path) -> None:
+def test_syntax_of_the_checkout_playbooks(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(ANSIBLE_BIN / "ansible-playbook"), "--syntax-check", "-i",
-         str(COLLECTION / "inventory" / "example" / "hosts.ini"), str(COLLECTION / playbook)],
+         str(COLLECTION / "inventory" / "example" / "hosts.ini"),
+         *(str(COLLECTION / p) for p in ("site.yml", "uninstall.yml", "prefetch-wheels.yml"))],
         env=ansible_env(tmp_path, tmp_path / "events"), capture_output=True, text=True,
         check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
