@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,8 @@ COLLECTION = REPO / "ansible"
 ROLE = COLLECTION / "roles" / "audit_collector"
 ANSIBLE_BIN = REPO / ".cache" / "ansible-venv" / "bin"
 PROJECT_VENV = REPO / ".venv"
-CACHE = REPO / ".cache" / "fleet-test"
+# One per pytest process that runs beside another (make ansible-test runs two).
+CACHE = REPO / ".cache" / "fleet-test" / os.environ.get("AC_FLEET_CACHE", "main")
 WHEELSET = ROLE / "files" / "wheelset.py"
 SOURCE_PATHS = ("pyproject.toml", "LICENSE", "collector", "bpf")
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -52,12 +52,15 @@ class Run:
                 and (play is None or e["play"] == play)]
 
     def recap(self) -> dict[str, dict[str, int]]:
-        text = self.output.rsplit("PLAY RECAP", 1)[-1]
+        """Per host: how many task results were changed, failed, unreachable (as Ansible's
+        PLAY RECAP counts them)."""
         recap: dict[str, dict[str, int]] = {}
-        for line in text.splitlines():
-            m = re.match(r"^\s*(\S+)\s+:\s+(.*)$", line)
-            if m and "ok=" in m.group(2):
-                recap[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+        for e in self.results():
+            counts = recap.setdefault(e["host"], {"changed": 0, "failed": 0, "unreachable": 0})
+            if e["status"] in counts:
+                counts[e["status"]] += 1
+            elif e["changed"] and e["status"] != "skipped":
+                counts["changed"] += 1
         return recap
 
     def changed_tasks(self, host: str) -> list[str]:
