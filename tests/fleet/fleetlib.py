@@ -174,7 +174,8 @@ def build_env() -> Path:
     lock = ROLE / "files" / "build-requirements.lock"
     import hashlib
 
-    env = CACHE / f"build-env-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    # Where the role makes it in the tests' controller cache (vars/main.yml).
+    env = CACHE / "wheels" / f"build-env-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
     if not (env / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
         subprocess.run([str(env / "bin" / "pip"), "install", "--quiet",

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,8 @@ def test_check_mode_after_a_code_change(site: Site, tmp_path: Path) -> None:
     """Bug 4: after a new commit, --check failed (no wheel built in check mode)."""
     source = snapshot_source(tmp_path / "src")
     init = source / "collector" / "__init__.py"
-    init.write_text(init.read_text() + "\n# a code change\n")
+    # A change no earlier run has cached a build of.
+    init.write_text(init.read_text() + f"\n# a code change {uuid.uuid4()}\n")
     before = {h: tree_state(site.fleet.prefix(h)) for h in INSTALLED}
     run = site.converge("--check", "--diff", extra=source_vars(source))
     assert_converged(run)
