@@ -23,6 +23,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q tests
 	$(MAKE) --no-print-directory test-py39
+	@$(MAKE) --no-print-directory ansible-test
 
 lint: setup
 	$(VENV)/bin/ruff check .
