@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -70,8 +71,10 @@ def test_a_second_run_changes_nothing_and_a_third_restores_an_edited_object(
     assert len(kibana_server.imports) == 1  # nothing was written the second time
     edited = json.loads(NDJSON.read_text().splitlines()[-1])
     edited["attributes"]["description"] = "changed by hand"
-    kibana_server._objects["default"][("dashboard", edited["id"])]["attributes"] = \
-        edited["attributes"]
+    edit = urllib3.request("POST", f"{kibana_server.url}/api/saved_objects/_import"
+                           "?overwrite=true", headers={"kbn-xsrf": "test"},
+                           fields={"file": ("edit.ndjson", json.dumps(edited).encode())})
+    assert json.loads(edit.data)["success"] is True
     code, out, _ = setup(capsys, "--kibana", kibana_server.url)
     assert code == 0
     assert states(out) == {**dict.fromkeys(IDS, "unchanged"),
