@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench kibana clean
 
 setup: $(STAMP)
 	@scripts/setup-host.sh
@@ -31,6 +31,10 @@ lint: setup
 bench: setup
 	$(PY) -m bench.exec_storm
 	$(PY) -m bench.ship
+
+# The Kibana saved objects, regenerated (and validated) from collector/kibana/content.py.
+kibana: setup
+	$(PY) -m collector.kibana.generate
 
 clean:
 	rm -rf .run build *.egg-info
