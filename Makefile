@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test-deps run test lint bench vm-test clean
+.PHONY: setup test-deps run test lint bench kibana clean
 
 setup: $(STAMP)
 	@scripts/setup-host.sh
@@ -26,6 +26,8 @@ test-deps:
 test: setup test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q tests
+	$(MAKE) --no-print-directory test-py39
+	@$(MAKE) --no-print-directory ansible-test
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -33,6 +35,10 @@ lint: setup
 bench: setup
 	$(PY) -m bench.exec_storm
 	$(PY) -m bench.ship
+
+# The Kibana saved objects, regenerated (and validated) from collector/kibana/content.py.
+kibana: setup
+	$(PY) -m collector.kibana.generate
 
 clean:
 	rm -rf .run build *.egg-info

@@ -33,7 +33,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
               for i, h in enumerate(headers)]
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if i else v.ljust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+                         for i, (v, w) in enumerate(zip(values, widths)))
     out = [line(headers), line(["-" * w for w in widths])]
     out.extend(line(row) for row in cells)
     return "\n".join(out)

@@ -27,6 +27,8 @@ from collector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+BASH_CHECK_POLL_MS = 2
+
 
 class DocumentSink(Protocol):
     def submit(self, doc: Doc) -> None: ...
@@ -61,7 +63,8 @@ class Agent:
             self.host, Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount))
         if BASH.name in self.probes.families:
             self._bash = BashTracker(self.probes, self.cfg.capture.follow_new_bash,
-                                     on_unreadable=self.metrics.capture.bash_unchecked.inc)
+                                     on_unreadable=self.metrics.capture.bash_unchecked.inc,
+                                     on_deferred=self.metrics.capture.bash_deferred.inc)
         self._captured = {f.label: self.metrics.capture.events_captured.labels(kind=f.label)
                           for f in FAMILIES}
         self.probes.open(self._on_record)
@@ -82,7 +85,12 @@ class Agent:
         next_housekeeping = 0.0
         try:
             while not self.stop_event.is_set():
-                self.probes.poll(interval)
+                # A bash being checked off this thread is probed as soon as it is known:
+                # its first line may come within milliseconds.
+                checking = self._bash is not None and self._bash.checking
+                self.probes.poll(BASH_CHECK_POLL_MS if checking else interval)
+                if checking:
+                    self._follow_bash_results()
                 # Wake-ups come every few dozen events in a storm; housekeeping (loss
                 # counters, flushes) runs on the poll interval, not per wake-up.
                 now = time.monotonic()
@@ -130,6 +138,10 @@ class Agent:
         self.sink.submit(doc)
         if isinstance(event, ExecEvent) and event.retval == 0:
             self._follow_bash(event)
+
+    def _follow_bash_results(self) -> None:
+        if self._bash is not None and self._bash.poll():
+            self._count_bash_probes()
 
     def _follow_bash(self, event: ExecEvent) -> None:
         """Probe bash binaries that start running but are not probed yet."""

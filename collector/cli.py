@@ -62,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--output", action="append", metavar="OUTPUT")
 
-    setup = sub.add_parser("setup", help="install index template, data stream and ILM policy")
+    setup = sub.add_parser(
+        "setup", help="install index template, data stream and ILM policy (with --kibana: "
+                      "the Kibana data view, saved searches and dashboard instead)")
     _config_arg(setup)
     setup.add_argument("--output", action="append", metavar="OUTPUT")
+    _kibana_args(setup)
 
     verify = sub.add_parser("verify", help="check a host's documents: gaps, duplicates, edits")
     _config_arg(verify)
@@ -126,6 +129,35 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+
+
+# Flags that only mean something with --kibana: (flag, attribute, default).
+KIBANA_FLAGS = (("--space", "space", None), ("--api-key-file", "api_key_file", None),
+                ("--api-key-env", "api_key_env", None), ("--username", "username", None),
+                ("--password-file", "password_file", None),
+                ("--password-env", "password_env", None), ("--ca-file", "ca_file", None),
+                ("--no-verify-certs", "no_verify_certs", False), ("--wait", "wait", None),
+                ("--timeout", "timeout", None))
+
+
+def _kibana_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Kibana", "with --kibana URL, setup installs the saved objects into Kibana (and does "
+                  "not touch Elasticsearch)")
+    group.add_argument("--kibana", metavar="URL", help="Kibana's URL (with its base path)")
+    group.add_argument("--space", metavar="ID", help="Kibana space (default: the default one)")
+    group.add_argument("--api-key-file", metavar="FILE", help="file holding an API key")
+    group.add_argument("--api-key-env", metavar="NAME", help="environment variable holding it")
+    group.add_argument("--username", metavar="NAME")
+    group.add_argument("--password-file", metavar="FILE")
+    group.add_argument("--password-env", metavar="NAME")
+    group.add_argument("--ca-file", metavar="FILE", help="CA certificate(s), PEM")
+    group.add_argument("--no-verify-certs", action="store_true",
+                       help="do not verify Kibana's TLS certificate (not recommended)")
+    group.add_argument("--wait", type=float, metavar="SECONDS",
+                       help="how long Kibana may be unreachable or not ready (default 60)")
+    group.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="timeout of one request (default 30)")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -257,9 +289,34 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_setup(cfg: Config, args: argparse.Namespace) -> int:
+    if args.kibana is not None:
+        return _setup_kibana(cfg, args)
+    stray = next((flag for flag, attr, default in KIBANA_FLAGS
+                  if getattr(args, attr) != default), None)
+    if stray is not None:
+        print(f"audit-collector: {stray} needs --kibana URL", file=sys.stderr)
+        return EXIT_USAGE
     from collector.delivery.elasticsearch.index import setup_cluster
 
     return setup_cluster(cfg)
+
+
+def _setup_kibana(cfg: Config, args: argparse.Namespace) -> int:
+    from collector.kibana.install import setup_kibana
+    from collector.kibana.settings import KibanaSettings, KibanaSettingsError
+
+    timing = {key: value for key, value in (("wait_s", args.wait), ("timeout_s", args.timeout))
+              if value is not None}
+    try:
+        settings = KibanaSettings(
+            url=args.kibana, space=args.space or "", api_key_file=args.api_key_file,
+            api_key_env=args.api_key_env, username=args.username,
+            password_file=args.password_file, password_env=args.password_env,
+            ca_file=args.ca_file, verify_certs=not args.no_verify_certs, **timing)
+    except KibanaSettingsError as exc:
+        print(f"audit-collector: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return setup_kibana(settings, f"logs-{cfg.elasticsearch.dataset}-*")
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:

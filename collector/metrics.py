@@ -43,6 +43,10 @@ class CaptureMetrics:
             "audit_collector_bash_follow_unreadable",
             "Executables not checked for bash: no path to them could be read (e.g. EACCES).",
             registry=registry)
+        self.bash_deferred = Counter(
+            "audit_collector_bash_follow_deferred",
+            "New executables not checked for bash at once (the check queue was full): "
+            "checked at their next exec.", registry=registry)
         self.probes_attached = Gauge("audit_collector_probes_attached",
                                      "Attached probes, by family.", ["family"],
                                      registry=registry)

@@ -1,6 +1,6 @@
-# Fleet rollout: the Ansible role's lint and the two-VM test (included by the Makefile).
+# Fleet rollout: the two-VM test (included by the Makefile; the Ansible venv, lint and role
+# tests are in mk/ansible.mk, included before this file).
 #
-#   make ansible-lint   ansible-lint --profile production on ansible/ and roles/
 #   make vm-test        boots Debian VMs (emulated CPU) in a private network namespace, one
 #                       fleet per release of AC_VM_DISTROS (default bookworm; e.g.
 #                       AC_VM_DISTROS="bullseye bookworm trixie", then also a mixed fleet),
@@ -17,24 +17,11 @@
 # release, rebuilt when tests/vm/build-box.sh changes), the controller's wheels, the
 # Ansible venv.
 
-ANSIBLE_VENV := .cache/ansible-venv
-ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 VM_RUN := .cache/vm/run
 AC_VM_DISTROS ?= bookworm
 export AC_VM_DISTROS
-ANSIBLE_LINT_TARGETS := site.yml uninstall.yml prefetch-wheels.yml ../roles/audit_collector
 
-.PHONY: ansible-venv ansible-lint vm-test vm-boxes vm-facts vm-clean
-
-ansible-venv: $(ANSIBLE_STAMP)
-
-$(ANSIBLE_STAMP): ansible/requirements.txt
-	@test -x $(ANSIBLE_VENV)/bin/python || /usr/bin/python3 -m venv $(ANSIBLE_VENV)
-	@$(ANSIBLE_VENV)/bin/pip install -q --disable-pip-version-check -r ansible/requirements.txt
-	@touch $@
-
-ansible-lint: $(ANSIBLE_STAMP)
-	cd ansible && ../$(ANSIBLE_VENV)/bin/ansible-lint --profile production $(ANSIBLE_LINT_TARGETS)
+.PHONY: vm-test vm-boxes vm-facts vm-clean
 
 # The sandbox is stopped whatever pytest's outcome (also on Ctrl-C: pytest's fixture
 # finalizer stops it first; this is the second line), unless AC_VM_KEEP=1 asks to keep it.

@@ -3,6 +3,8 @@
 capture/  (kernel side)      may import: capture
 ecs/      (documents)        may import: capture, ecs, fields
 delivery/ (seal, spool, ES)  may import: delivery, fields
+kibana/   (saved objects)    may import: kibana, fields, and of delivery only the URL
+                             check and the credential reading it shares with Elasticsearch
 report/   (reads ES back)    may import: report, delivery, fields
 top (cli, agent, config, metrics, preflight, lifecycle) may import anything.
 `collector/fields.py` is the field table (no collector imports); `collector/__init__.py`
@@ -21,6 +23,9 @@ ALLOWED = {
     "capture": ("collector.capture",),
     "ecs": ("collector.capture", "collector.ecs", "collector.fields"),
     "delivery": ("collector.delivery", "collector.fields"),
+    "kibana": ("collector.kibana", "collector.fields", "collector.delivery.settings",
+               "collector.delivery.elasticsearch.credentials",
+               "collector.delivery.elasticsearch.settings"),
     "report": ("collector.report", "collector.delivery", "collector.fields"),
 }
 LEAVES = ("fields.py", "__init__.py")

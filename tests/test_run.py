@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+import collector
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
@@ -53,6 +56,9 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
     try:
         health = wait_healthy(port, proc)
         assert health["families"] == ["exec", "namespaces", "bash"]
+        # What the Ansible role compares with the file it installed (tasks/verify.yml).
+        assert health["config_digest"] == hashlib.sha256(cfg.read_bytes()).hexdigest()
+        assert health["version"] == collector.__version__
         mark = f"run-{uuid.uuid4().hex[:10]}"
         subprocess.run(["/bin/true", mark], check=True)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:

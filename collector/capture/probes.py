@@ -183,11 +183,12 @@ class Probes:
         table = self.bpf[b"lost"]
         return {f.label: int(sum(table[ctypes.c_int(f.lost_index)])) for f in FAMILIES}
 
-    def attach_bash(self, path: str, hint_pid: int | None = None,
-                    name: str | None = None) -> BashProbe | None:
+    def attach_bash(self, path: str, hint_pid: int | None = None, name: str | None = None,
+                    found: bashfind.ReadlineTarget | None = None) -> BashProbe | None:
         """Probe readline() of a bash binary (or of the libreadline it links); `name` is
-        how logs call a bash reached through a held file descriptor (/proc/self/fd/N)."""
-        found = bashfind.readline_target(path, hint_pid)
+        how logs call a bash reached through a held file descriptor (/proc/self/fd/N);
+        `found` is its readline target when already worked out (off this thread)."""
+        found = found or bashfind.readline_target(path, hint_pid)
         if found is None:
             return None
         key, target, library = found

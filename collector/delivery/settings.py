@@ -64,17 +64,20 @@ def redacted(url: str) -> str:
     return re.sub(r"(?<=://)[^/@]*@", "***@", url)
 
 
-def cluster_url(url: str, key: str) -> str:
-    """An Elasticsearch node URL, checked before any client sees it (a bad port made the
-    client raise with the whole URL, credentials included, in the traceback)."""
+def cluster_url(url: str, key: str, service: str = "Elasticsearch",
+                credential_options: str = "elasticsearch.api_key_file, or username and "
+                                          "password_file") -> str:
+    """An Elasticsearch node URL (or another ``service``'s), checked before any client sees
+    it (a bad port made the client raise with the whole URL, credentials included, in the
+    traceback)."""
     shown = redacted(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OutputError(f"{key}: {shown!r}: the Elasticsearch URL must start with http:// "
+        raise OutputError(f"{key}: {shown!r}: the {service} URL must start with http:// "
                           "or https:// and name a host")
     if "@" in parts.netloc:
         raise OutputError(f"{key}: {shown!r}: credentials in the URL are not accepted; use "
-                          "elasticsearch.api_key_file, or username and password_file")
+                          f"{credential_options}")
     try:
         port = parts.port
     except ValueError:

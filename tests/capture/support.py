@@ -30,8 +30,15 @@ class MemorySink:
     def __init__(self, host: HostInfo) -> None:
         self.docs: list[Doc] = []
         self._cond = threading.Condition()
-        self.losses = LossLedger(DeliveryMetrics(), functools.partial(events_lost_document, host),
+        self.metrics = DeliveryMetrics()
+        self.losses = LossLedger(self.metrics, functools.partial(events_lost_document, host),
                                  point_of)
+
+    def losses_metric(self, kind: str) -> float:
+        """audit_collector_events_lost_total for ring-buffer losses of one family."""
+        value = self.metrics.registry.get_sample_value(
+            "audit_collector_events_lost_total", {"kind": kind, "where": "ringbuf"})
+        return value or 0.0
 
     def submit(self, doc: Doc) -> None:
         with self._cond:

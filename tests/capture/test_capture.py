@@ -567,3 +567,32 @@ def test_exec_from_a_non_leader_thread(agent: RunningAgent) -> None:
     assert doc["process"]["pid"] == int(out.stdout)
     # After exec the thread has become the leader: one thread, the process's own id.
     assert doc["process"]["thread"]["id"] == int(out.stdout)
+
+
+def test_a_huge_sparse_executable_does_not_stall_capture(agent: RunningAgent,
+                                                         tmp_path: Path) -> None:
+    """Regression: an unprivileged user ran a 16 GiB sparse copy of a binary; bash
+    detection scanned all of it on the capture thread (58 CPU-seconds, ring buffer
+    overflow, events lost), again for every new such file."""
+    huge = tmp_path / "huge-true"
+    huge.write_bytes(Path("/bin/true").read_bytes())
+    os.truncate(huge, 16 << 30)
+    huge.chmod(0o755)
+    mark = marker()
+    subprocess.run([str(huge), mark], check=True)
+    burst = marker()
+    for i in range(300):
+        subprocess.run(["/bin/true", burst, str(i)], check=True)
+    # Every exec of the burst arrives while the huge file is (or was) being checked.
+    execs_with(agent, burst, "/bin/true", count=300, timeout=20)
+    (doc,) = execs_with(agent, mark)
+    assert doc["process"]["executable"] == str(huge)
+    st = huge.stat()
+    verdicts = agent.agent._bash.verdicts
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            k[:2] == (st.st_dev, st.st_ino) for k in list(verdicts)):
+        time.sleep(0.05)  # the agent's thread applies the check's result
+    assert any(k[:2] == (st.st_dev, st.st_ino) and v is False
+               for k, v in list(verdicts.items()))
+    assert agent.agent.probes.lost_counts()["exec"] == 0

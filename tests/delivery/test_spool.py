@@ -107,7 +107,7 @@ def test_drop_newest_refuses_and_reports_one_run(tmp_path: Path) -> None:
     spool, drops, _ = open_spool(spool_cfg(tmp_path, max_bytes=64 << 10,
                                            segment_bytes=16 << 10, full_policy="drop-newest"))
     results = fill(spool, 1, 600)
-    accepted = [seq for seq, ok in zip(range(1, 601), results, strict=True) if ok]
+    accepted = [seq for seq, ok in zip(range(1, 601), results) if ok]
     assert accepted == list(range(1, len(accepted) + 1))
     [loss] = drops.take()
     assert (loss.first_seq, loss.last_seq, loss.reason) == (len(accepted) + 1, 600,
@@ -126,7 +126,7 @@ def test_full_disk_applies_the_policy(tmp_path: Path, policy: str) -> None:
         results = fill(spool, 1, 2000)
         losses = drops.take()
         lost = {s for loss in losses for s in range(loss.first_seq, loss.last_seq + 1)}
-        accepted = {seq for seq, ok in zip(range(1, 2001), results, strict=True) if ok}
+        accepted = {seq for seq, ok in zip(range(1, 2001), results) if ok}
         kept = set(read_all(spool))
         spool.close()
         assert lost, "the file system must have filled"

@@ -8,7 +8,7 @@ world (users, cgroups, /proc, clocks, host) is fixed so that documents are repro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from collector.ecs.host import HostInfo
 from tests.ecs.recordbytes import UNSET, bash_record, exec_record, kernel_dev, ns_record
@@ -72,7 +72,7 @@ class Lost:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Input = bytes | Lost
+Input = Union[bytes, Lost]
 
 # --------------------------------------------------------------------------- records
 

@@ -92,7 +92,7 @@ class AggContext:
         if main.kind == "text":
             raise shard_failure(_TEXT_AGG.format(path))
         cols = [c.column(f) if f.kind not in ("unmapped", "object") else _Nones()
-                for c, f in zip(self.compilers, fields, strict=True)]
+                for c, f in zip(self.compilers, fields)]
         return main, cols
 
 
@@ -342,13 +342,13 @@ def _composite(name: str, body: dict[str, Any], sub: dict[str, Any] | None, ctx:
                 raise ESError(400, {"type": "illegal_argument_exception",
                                     "reason": f"Missing value for [after.{s.name}]"})
         after_comp = tuple(_component(s, s.parse_after(after[s.name]), r)
-                           for s, r in zip(sources, ranks, strict=True))
+                           for s, r in zip(sources, ranks))
         start = bisect_right(comps, after_comp)
     page = keys[start : start + size]
     buckets = []
     for key in page:
         bucket: dict[str, Any] = {
-            "key": {s.name: s.render(k) for s, k in zip(sources, key, strict=True)},
+            "key": {s.name: s.render(k) for s, k in zip(sources, key)},
             "doc_count": len(groups[key])}
         if sub:
             bucket.update(run_aggs(sub, ctx, groups[key], name))
@@ -400,7 +400,7 @@ def _grouping(name: str, body: dict[str, Any], sources: list[_Source], ctx: AggC
 
     def comp(key: tuple[Any, ...]) -> tuple[float, ...]:
         return tuple(_component(s, k, vals, rm) for s, k, vals, rm
-                     in zip(sources, key, ranks, rank_maps, strict=True))
+                     in zip(sources, key, ranks, rank_maps))
 
     ordered = sorted(groups, key=comp)
     result = (ordered, [comp(k) for k in ordered], groups, ranks)
@@ -545,7 +545,7 @@ def format_date(millis: int, fmt: str | None, zone: datetime.tzinfo | None) -> A
     """A date the way a ``format`` prints it (default: strict_date_optional_time in UTC)."""
     if fmt in ("epoch_millis",):
         return str(millis)
-    dt = datetime.datetime.fromtimestamp(millis / 1000, tz=zone or datetime.UTC)
+    dt = datetime.datetime.fromtimestamp(millis / 1000, tz=zone or datetime.timezone.utc)
     if fmt in (None, "strict_date_optional_time", "date_optional_time", "iso8601",
                "strict_date_optional_time_nanos"):
         return _iso(dt, millis)

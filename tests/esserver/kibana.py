@@ -21,6 +21,7 @@ calls::
   ``POST /api/spaces/space``; a request into an unknown space gets 404.
 * Security: off until a user or API key is added; then 401 (``WWW-Authenticate: Basic
   realm="kibana"``) for missing or wrong credentials.
+* TLS: ``ssl_context`` (a server-side context) serves HTTPS instead of HTTP.
 * Faults: :meth:`KibanaTestServer.reject_objects` makes the next imports report per-object
   errors (as when Elasticsearch refuses the write); ``fail_requests``/``delay_responses``/
   ``reset_connections``/``go_down`` as on the Elasticsearch server.
@@ -35,6 +36,7 @@ import base64
 import copy
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -110,9 +112,10 @@ class KibanaTestServer(BaseTestServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  version: str = DEFAULT_VERSION, request_log_size: int = 2000,
-                 max_import_bytes: int = 26_214_400) -> None:
+                 max_import_bytes: int = 26_214_400, ssl_context: ssl.SSLContext | None = None
+                 ) -> None:
         super().__init__(host, port, request_log_size=request_log_size,
-                         max_body_bytes=max_import_bytes)
+                         max_body_bytes=max_import_bytes, ssl_context=ssl_context)
         self.version = version
         self.uuid = str(uuid.uuid4())
         self.security = Security(int(version.split(".")[0]))

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 from .errors import ESError, illegal_argument
 
@@ -131,7 +131,7 @@ def format_millis(millis: int) -> str:
     """Epoch millis to ``yyyy-MM-ddTHH:mm:ss.SSSZ``."""
     import datetime
 
-    dt = datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.UTC)
+    dt = datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
 
 
@@ -154,7 +154,7 @@ def java_str(value: Any) -> str:
 # value checkers: return None when the value is acceptable, else (caused_by type, reason)
 # --------------------------------------------------------------------------------------
 
-_Check = tuple[str, str] | None
+_Check = Optional[tuple[str, str]]
 
 
 def _check_keyword(value: Any) -> _Check:

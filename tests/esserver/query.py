@@ -28,6 +28,7 @@ Predicate = Callable[[int], bool]
 _DATE_MATH_RE = re.compile(
     r"(?P<anchor>now|.+?\|\|)(?P<ops>(?:[+-]\d+[yMwdhHms])*)(?:/(?P<round>[yMwdhHms]))?")
 _OP_RE = re.compile(r"([+-])(\d+)([yMwdhHms])")
+_QUERY_STRING_RESERVED = frozenset('+-=&|><!(){}[]^"~:/ \t\r\n')
 _UNIT_MS = {"s": 1000, "m": 60000, "h": 3600000, "H": 3600000, "d": 86400000,
             "w": 604800000}
 
@@ -53,7 +54,7 @@ def date_math(value: Any, now_ms: int | None = None, round_up: bool = False) -> 
         if parsed is None:
             return None
         base = parsed
-    dt = datetime.datetime.fromtimestamp(base / 1000, tz=datetime.UTC)
+    dt = datetime.datetime.fromtimestamp(base / 1000, tz=datetime.timezone.utc)
     for sign, amount, unit in _OP_RE.findall(m.group("ops") or ""):
         dt = _shift(dt, int(amount) * (1 if sign == "+" else -1), unit)
     if m.group("round"):
@@ -363,6 +364,34 @@ class QueryCompiler:
 
         return pred
 
+    def _q_query_string(self, body: Any) -> Predicate:
+        """One term (``*``/``?`` wildcards, ``\\`` escapes) on the listed ``fields``: what
+        Kibana sends for a KQL wildcard value. Whole query-string expressions (operators,
+        several terms, ranges) are refused with a 400 rather than answered wrongly."""
+        body = body or {}
+        fields = body.get("fields") or ([body["default_field"]] if body.get("default_field")
+                                        else None)
+        if not isinstance(fields, list) or not fields:
+            raise parsing_error("[query_string] this test server needs [fields] (a list)")
+        pattern = query_string_term(str(body.get("query", "")))
+        preds = [self._query_string_field(path, pattern) for path in fields]
+        return lambda slot: any(p(slot) for p in preds)
+
+    def _query_string_field(self, path: str, pattern: re.Pattern[str]) -> Predicate:
+        f = self.field(path)
+        if f.kind in ("unmapped", "object"):
+            return match_none
+        col = self.column(f)
+        if f.kind == "keyword":
+            return _test_column(col, lambda t: pattern.fullmatch(str(t)) is not None)
+        if f.kind == "text":  # the pattern meets the lowercased tokens
+            lowered = re.compile(pattern.pattern.lower(), re.S)
+            return _test_column(col, lambda t: lowered.fullmatch(str(t)) is not None)
+        raise shard_failure(
+            f"Can only use wildcard queries on keyword and text fields - not on [{path}] "
+            f"which is of type [{f.type}]",
+            "query_shard_exception")
+
     def _q_constant_score(self, body: Any) -> Predicate:
         return self.compile((body or {}).get("filter"))
 
@@ -408,6 +437,32 @@ class QueryCompiler:
             return True
 
         return pred
+
+
+def query_string_term(query: str) -> re.Pattern[str]:
+    """The regular expression of a single query_string term: ``*`` and ``?`` are wildcards,
+    a backslash escapes the next character; an unescaped operator, space or other reserved
+    character means a query this test server does not evaluate (400)."""
+    out, i = [], 0
+    while i < len(query):
+        ch = query[i]
+        if ch == "\\" and i + 1 < len(query):
+            out.append(re.escape(query[i + 1]))
+            i += 2
+            continue
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch in _QUERY_STRING_RESERVED:
+            raise parsing_error(f"[query_string] this test server evaluates one term with * "
+                                f"and ? wildcards; unescaped {ch!r} in {query!r}")
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    if not out:
+        raise parsing_error("[query_string] an empty query")
+    return re.compile("".join(out), re.S)
 
 
 def _msm(spec: Any, n: int) -> int:

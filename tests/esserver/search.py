@@ -32,6 +32,7 @@ from .query import (
     shard_failure,
     source_filter,
 )
+from .store import bisect_right_by
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -233,7 +234,7 @@ class _Plan:
                 continue
             fields = [c.field(key.name) for c in compilers]
             cols = [c.column(f) if f.kind not in ("unmapped", "object") else _NONE_COL
-                    for c, f in zip(compilers, fields, strict=True)]
+                    for c, f in zip(compilers, fields)]
             self.fields.append(_SortField(key, list(fields), cols))
 
     def prepare(self, refs: Sequence[int]) -> None:
@@ -243,7 +244,7 @@ class _Plan:
 
     def key(self, ref: int) -> tuple[Any, ...]:
         out: list[Any] = []
-        for key, f in zip(self.keys, self.fields, strict=True):
+        for key, f in zip(self.keys, self.fields):
             if f is None:
                 out.append(_special(key, ref))
             else:
@@ -256,7 +257,7 @@ class _Plan:
 
     def hit_values(self, ref: int) -> list[Any]:
         out: list[Any] = []
-        for key, f in zip(self.keys, self.fields, strict=True):
+        for key, f in zip(self.keys, self.fields):
             if f is None:
                 out.append(1.0 if key.name == "_score" else
                            ref if key.name == "_shard_doc" else ref & MASK)
@@ -266,7 +267,7 @@ class _Plan:
 
     def after_key(self, after: list[Any]) -> tuple[Any, ...]:
         out: list[Any] = []
-        for key, f, value in zip(self.keys, self.fields, after, strict=True):
+        for key, f, value in zip(self.keys, self.fields, after):
             if f is None:
                 number = float(value) if key.name == "_score" else int(value)
                 out.append(-number if key.desc else number)
@@ -326,7 +327,7 @@ class _Search:
             return cached  # type: ignore[no-any-return]
         refs: list[int] | Sequence[int] = []
         parts: list[Sequence[int]] = []
-        for i, ((idx, w), comp) in enumerate(zip(self.shards, self.compilers, strict=True)):
+        for i, ((idx, w), comp) in enumerate(zip(self.shards, self.compilers)):
             pred = comp.compile(self.query)
             visible = idx.visible(w)
             chosen = visible if pred is match_all else [s for s in visible if pred(s)]
@@ -436,7 +437,7 @@ def _respond(search: _Search, t0: float) -> dict[str, Any]:
         plan, ordered = search.sorted_refs(keys, refs)
         start = from_
         if after is not None:
-            start = bisect_right(ordered, plan.after_key(after), key=plan.visible_key)
+            start = bisect_right_by(ordered, plan.after_key(after), plan.visible_key)
         page = ordered[start : start + size] if size > 0 else []
     else:
         page = list(refs[from_ : from_ + size]) if size > 0 else []

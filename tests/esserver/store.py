@@ -18,8 +18,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -170,7 +169,7 @@ class Index:
     def visible(self, watermark: int | None = None) -> Sequence[int]:
         """Slots a searcher at ``watermark`` (default: the last refresh) sees."""
         w = self.refreshed_seq if watermark is None else watermark
-        n = bisect_right(self.slots, w, key=_SEQ_NO)  # slots are in seq_no order
+        n = bisect_right_by(self.slots, w, _SEQ_NO)  # slots are in seq_no order
         dead = self.dead
         if not dead:
             return range(n)
@@ -213,3 +212,15 @@ class DataStream:
     @property
     def write_index(self) -> Index:
         return self.indices[-1]
+
+
+def bisect_right_by(items: Sequence[Any], target: Any, key: Callable[[Any], Any]) -> int:
+    """bisect.bisect_right with a key function (its `key` argument is Python 3.10+)."""
+    low, high = 0, len(items)
+    while low < high:
+        middle = (low + high) // 2
+        if target < key(items[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return low

@@ -161,7 +161,7 @@ def _format_date(field: FieldMapper, value: Any) -> Any:
     millis = to_millis(value)
     if millis is None:
         return value
-    dt = datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.UTC)
+    dt = datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
 
 

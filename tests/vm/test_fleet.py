@@ -277,7 +277,7 @@ class Fleet:
     def save(self) -> None:
         (self.run_dir / "timings.json").write_text(json.dumps(
             {"fleet": self.spec.name,
-             "vms": dict(zip(self.spec.vms, self.spec.suites, strict=True)),
+             "vms": dict(zip(self.spec.vms, self.spec.suites)),
              "timings_s": self.timings, "recaps": self.recaps, "failures": self.failures,
              "broken": self.broken, "results": self.results}, indent=2))
 
@@ -440,7 +440,7 @@ def fleet(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Fleet]:
     if missing_wheels:
         fleet.results["prefetch_failures"] = missing_wheels
     try:
-        members = ", ".join(f"{v} ({s})" for v, s in zip(spec.vms, spec.suites, strict=True))
+        members = ", ".join(f"{v} ({s})" for v, s in zip(spec.vms, spec.suites))
         log(f"fleet {spec.name}: booting {members}")
         fleet.vagrant("up", "--no-provision", logname="vagrant_up")
         log(f"fleet {spec.name}: up in {fleet.timings['vagrant_up']} s")

@@ -16,7 +16,6 @@ then the upgrade. What must hold afterwards:
 from __future__ import annotations
 
 import io
-import itertools
 import subprocess
 import tarfile
 from collections.abc import Iterable, Mapping
@@ -108,7 +107,7 @@ def sequence_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
         if len(same) > 1:
             problems.append(f"event.sequence {seq} appears {len(same)} times")
     ordered = sorted(by_seq)
-    for before, after in itertools.pairwise(ordered):
+    for before, after in zip(ordered, ordered[1:]):
         if after == before + 1:
             prev_hash = _get(by_seq[before][0], "audit_collector.chain.hash")
             if _get(by_seq[after][0], "audit_collector.chain.prev") != prev_hash:

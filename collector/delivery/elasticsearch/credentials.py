@@ -19,45 +19,47 @@ MAX_SECRET_BYTES = 4096
 _PRINTABLE = frozenset(range(0x20, 0x7F))
 
 
-def read_secret(file_path: str | None, env_name: str | None, what: str) -> str | None:
+def read_secret(file_path: str | None, env_name: str | None, what: str,
+                section: str = "elasticsearch") -> str | None:
     """A credential from a file (surrounding whitespace stripped) or an environment variable;
-    checked here so that a bad one fails now with a message that never shows it."""
+    checked here so that a bad one fails now with a message that never shows it. Messages
+    start with ``section`` (the service the credential is for)."""
     if file_path:
-        value = _read_secret_file(file_path, what)
+        value = _read_secret_file(file_path, what, section)
         where = f"the {what} file {file_path}"
     elif env_name:
         value = os.environ.get(env_name, "").strip()
         where = f"environment variable {env_name} ({what})"
         if not value:
-            raise ClusterConfigError(f"elasticsearch: {where} is not set")
+            raise ClusterConfigError(f"{section}: {where} is not set")
     else:
         return None
-    _check_secret(value, where)
+    _check_secret(value, where, section)
     return value
 
 
-def _read_secret_file(file_path: str, what: str) -> str:
+def _read_secret_file(file_path: str, what: str, section: str) -> str:
     try:
         with open(file_path, "rb") as handle:
             raw = handle.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
-        raise ClusterConfigError(f"elasticsearch: cannot read the {what} file {file_path}: "
+        raise ClusterConfigError(f"{section}: cannot read the {what} file {file_path}: "
                                  f"{exc.strerror}") from None
     if len(raw) > MAX_SECRET_BYTES:
-        raise ClusterConfigError(f"elasticsearch: the {what} file {file_path} is larger than "
+        raise ClusterConfigError(f"{section}: the {what} file {file_path} is larger than "
                                  f"{MAX_SECRET_BYTES} bytes")
     value = raw.strip()
     if not value:
-        raise ClusterConfigError(f"elasticsearch: the {what} file {file_path} is empty")
+        raise ClusterConfigError(f"{section}: the {what} file {file_path} is empty")
     return value.decode("latin-1")  # checked to be printable ASCII by _check_secret
 
 
-def _check_secret(value: str, where: str) -> None:
+def _check_secret(value: str, where: str, section: str) -> None:
     bad = next((i for i, ch in enumerate(value) if ord(ch) not in _PRINTABLE), None)
     if bad is not None:
         kind = "a line break" if value[bad] in "\r\n" else "a character that is not " \
             "printable ASCII"
-        raise ClusterConfigError(f"elasticsearch: {where} holds {kind} (at offset {bad}); "
+        raise ClusterConfigError(f"{section}: {where} holds {kind} (at offset {bad}); "
                                  "it must be one line of printable ASCII")
 
 

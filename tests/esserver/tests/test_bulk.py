@@ -143,7 +143,7 @@ def _ds_template(es: Elasticsearch, name: str = "audit-tpl", pattern: str = "aud
 
 def test_data_stream_only_create_and_backing_index(srv: ESTestServer, es: Elasticsearch) -> None:
     _ds_template(es)
-    day = datetime.datetime.now(datetime.UTC).strftime("%Y.%m.%d")
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y.%m.%d")
     backing = f".ds-audit-default-{day}-000001"
     resp = es.bulk(operations=[
         {"index": {"_index": "audit-default"}}, {"@timestamp": TS, "seq": 1},
