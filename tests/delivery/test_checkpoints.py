@@ -186,3 +186,14 @@ def test_public_key_file_lines_round_trip_and_bad_lines_name_the_line() -> None:
         assert str(exc).startswith("keys line 4: expected")
     else:
         raise AssertionError("a bad line was accepted")
+
+
+def test_verify_keys_that_cannot_be_read_is_one_line(tmp_path: Path, capsys: Any) -> None:
+    from collector.cli import main
+
+    bad = tmp_path / "keys.txt"
+    bad.write_text("host-1 ed25519 not-a-key\n")
+    assert main(["verify", "--keys", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"verify: --keys: {bad} line 1: expected '<host.id> ed25519 <base64 public " \
+        "key> [host name]'\n"

@@ -12,7 +12,7 @@ from elasticsearch import Elasticsearch
 
 from collector.config import Config
 from collector.report.source import SEARCH_PAGE
-from tests.delivery.helpers import make_config
+from tests.delivery.helpers import DATA_STREAM, make_config
 from tests.esserver import ESTestServer
 from tests.report.support import DAY, FakeCollector, Wall, host, ndjson_rows, report
 
@@ -168,3 +168,23 @@ def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
     assert err.startswith("report: cannot read logs-audit_collector-default: cannot connect "
                           "to http://127.0.0.1:9")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_coverage_pages_the_composite_to_the_end(server: ESTestServer, tmp_path: Path) -> None:
+    """2,400 host-days (three composite pages of 1,000 buckets): every one is a row."""
+    def docs():
+        for n in range(1200):
+            for day, second in ((10, 3600), (11, 7200)):
+                yield f"h{n}-{day}", {
+                    "@timestamp": f"2024-01-{day}T0{second // 3600}:00:00.000000000Z",
+                    "host": {"id": f"{n:032x}", "name": f"web-{n:04d}"},
+                    "event": {"sequence": 100 + day, "action": "exec"}}
+
+    server.load_docs(DATA_STREAM, docs())
+    cfg = make_config(tmp_path, server.url)
+    status, out, _ = report(cfg, "coverage", "--from", DAY, "--to", "2024-01-12",
+                            "--format", "ndjson")
+    _, rows, end = ndjson_rows(out)
+    assert len(rows) == 2400 and end["totals"]["hosts"] == 1200
+    assert rows[-1]["host"] == "web-1199" and rows[-1]["day"] == "2024-01-11"
+    assert status == 1  # no heartbeats: coverage cannot be shown
