@@ -20,7 +20,7 @@ from collector.capture.hostns import detect_host_namespaces
 from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
 from collector.config import Config
-from collector.ecs.documents import Doc, DocumentBuilder
+from collector.ecs.documents import DataStream, Doc, DocumentBuilder
 from collector.ecs.enrichment import Enrichment
 from collector.ecs.host import HostInfo
 from collector.metrics import Metrics
@@ -33,6 +33,11 @@ class DocumentSink(Protocol):
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None: ...
     def tick(self) -> None: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+def data_stream(cfg: Config) -> DataStream:
+    """data_stream.* of every document: the Elasticsearch data stream they belong to."""
+    return DataStream(cfg.elasticsearch.dataset, cfg.elasticsearch.namespace)
 
 
 @dataclass
@@ -55,7 +60,8 @@ class Agent:
         host_ns = detect_host_namespaces()
         assert self.probes.spec is not None
         self._builder = DocumentBuilder(
-            self.host, Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount))
+            self.host, Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount),
+            data_stream(self.cfg))
         if BASH.name in self.probes.families:
             self._bash = BashTracker(self.probes, self.cfg.capture.follow_new_bash,
                                      on_unreadable=self.metrics.capture.bash_unchecked.inc)

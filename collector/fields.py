@@ -1,8 +1,9 @@
 """Every field the collector writes, with its Elasticsearch mapping type.
 
 This table is the single source for the index template's explicit mappings and for the
-README's field list. ECS fields keep their ECS types; the collector's own fields live under
-the one non-ECS object `audit_collector`.
+README's field list. ECS fields keep their ECS types and multi-fields (ECS 8.11: a test
+checks every one against the ECS project's own generated definitions); the collector's own
+fields live under the one non-ECS object `audit_collector`.
 """
 
 from __future__ import annotations
@@ -13,58 +14,74 @@ NS_KINDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgro
 
 # dotted path -> (mapping type, description)
 FIELDS: dict[str, tuple[str, str]] = {
-    "@timestamp": ("date_nanos", "Kernel time of the event, converted to UTC, ns precision"),
+    "@timestamp": ("date", "Kernel time of the event in UTC (the text keeps nanoseconds; "
+                           "the index keeps milliseconds)"),
     "message": ("match_only_text", "Human-readable summary (the bash line for bash events)"),
     "ecs.version": ("keyword", "ECS version the document follows"),
     "agent.type": ("keyword", "Always audit-collector"),
     "agent.version": ("keyword", "Collector version"),
     "agent.name": ("keyword", "Host name the collector runs on"),
-    "host.name": ("keyword", "Host name (kernel hostname or configured)"),
+    "data_stream.type": ("constant_keyword", "Always logs"),
+    "data_stream.dataset": ("constant_keyword", "elasticsearch.dataset (equals event.dataset)"),
+    "data_stream.namespace": ("constant_keyword", "elasticsearch.namespace"),
+    "host.name": ("keyword", "Host name (host.name in the config, else the kernel hostname)"),
     "host.hostname": ("keyword", "Kernel hostname"),
     "host.id": ("keyword", "/etc/machine-id"),
-    "host.boot.id": ("keyword", "Boot id of the running kernel"),
+    "host.boot.id": ("keyword", "Boot id of the running kernel, as the kernel writes it"),
     "host.architecture": ("keyword", "Machine architecture"),
     "host.os.kernel": ("keyword", "Kernel release"),
     "host.os.type": ("keyword", "Always linux"),
-    "event.kind": ("keyword", "event, or metric for events_lost"),
-    "event.category": ("keyword", "process, session"),
-    "event.type": ("keyword", "start, change, info"),
+    "host.os.name": ("keyword", "NAME of /etc/os-release"),
+    "host.os.full": ("keyword", "PRETTY_NAME of /etc/os-release"),
+    "host.os.version": ("keyword", "VERSION_ID of /etc/os-release"),
+    "host.os.family": ("keyword", "First of ID_LIKE of /etc/os-release, else ID"),
+    "host.os.platform": ("keyword", "ID of /etc/os-release"),
+    "event.kind": ("keyword", "event; metric for events_lost"),
+    "event.category": ("keyword", "Always process"),
+    "event.type": ("keyword", "start (exec), change (setns, unshare, clone), info (bash "
+                              "lines, events_lost)"),
     "event.action": ("keyword", "exec, setns, unshare, clone, bash_command, events_lost"),
-    "event.outcome": ("keyword", "success, failure or unknown"),
+    "event.outcome": ("keyword", "success or failure"),
     "event.module": ("keyword", "Always audit_collector"),
-    "event.dataset": ("keyword", "audit_collector.<action family>"),
+    "event.dataset": ("keyword", "Equals data_stream.dataset"),
     "event.sequence": ("long", "Per-host sequence number (gap-free unless loss is reported)"),
     "event.created": ("date", "When the collector built the document"),
     "error.code": ("keyword", "errno name of a failed syscall (ENOENT, EPERM...)"),
     "error.message": ("match_only_text", "strerror text of the errno"),
     "process.pid": ("long", "Thread-group id in the initial pid namespace"),
+    "process.vpid": ("long", "pid inside the process's own pid namespace"),
     "process.thread.id": ("long", "Thread id in the initial pid namespace"),
     "process.name": ("keyword", "comm of the task"),
     "process.executable": ("keyword", "Path of the executable"),
     "process.args": ("keyword", "argv, each argument one element"),
-    "process.args_count": ("long", "Number of arguments the program received"),
+    "process.args_count": ("long", "Number of elements of process.args"),
     "process.command_line": ("wildcard", "argv joined by spaces, shell-quoted where needed"),
     "process.interactive": ("boolean", "The process has a controlling terminal"),
     "process.tty.char_device.major": ("long", "Controlling tty major number"),
     "process.tty.char_device.minor": ("long", "Controlling tty minor number"),
     "process.parent.pid": ("long", "Parent's thread-group id"),
-    "process.exit_code": ("long", "Raw return value of the syscall"),
+    "process.user.id": ("keyword", "Effective uid"),
+    "process.user.name": ("keyword", "Effective user name"),
+    "process.real_user.id": ("keyword", "Real uid"),
+    "process.real_user.name": ("keyword", "Real user name"),
+    "process.real_group.id": ("keyword", "Real gid"),
+    "process.real_group.name": ("keyword", "Real group name"),
     "user.id": ("keyword", "Real uid"),
     "user.name": ("keyword", "Real user name (host's passwd)"),
     "user.effective.id": ("keyword", "Effective uid"),
     "user.effective.name": ("keyword", "Effective user name"),
-    "user.audit.id": ("keyword", "Login uid (auid); omitted when unset"),
-    "user.audit.name": ("keyword", "Login user name"),
     "group.id": ("keyword", "Real gid"),
     "group.name": ("keyword", "Real group name"),
     "container.id": ("keyword", "Container id derived from the cgroup"),
     "container.runtime": ("keyword", "docker, containerd, cri-o, podman, lxc, systemd-nspawn"),
+    "audit_collector.timestamp": ("date_nanos", "@timestamp with nanosecond precision"),
+    "audit_collector.login_user.id": ("keyword", "Login uid (auid); omitted when unset"),
+    "audit_collector.login_user.name": ("keyword", "Login user name"),
     "audit_collector.session_id": ("long", "Audit session id; omitted when unset"),
     "audit_collector.tty.name": ("keyword", "Controlling tty name, e.g. pts/3"),
     "audit_collector.cgroup.path": ("keyword", "cgroup path (v2, or v1 when v2 is the root)"),
     "audit_collector.cgroup.id": ("long", "cgroup v2 id"),
     "audit_collector.uts_hostname": ("keyword", "UTS hostname when it differs from the host's"),
-    "audit_collector.vpid": ("long", "pid inside the process's own pid namespace"),
     "audit_collector.namespaces.pid": ("long", "pid namespace inode"),
     "audit_collector.namespaces.pid_for_children": ("long", "pid_for_children inode"),
     "audit_collector.namespaces.mnt": ("long", "mount namespace inode"),
@@ -77,6 +94,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.namespaces.differ": ("keyword", "Kinds that differ from PID 1's"),
     "audit_collector.exec.syscall": ("keyword", "execve or execveat"),
     "audit_collector.exec.filename": ("keyword", "Path as passed to the syscall"),
+    "audit_collector.exec.argc": ("long", "Number of arguments the program received (more "
+                                          "than process.args_count when argv was cut)"),
     "audit_collector.exec.args_truncated": ("boolean", "argv was cut at the configured bound"),
     "audit_collector.exec.args_captured_bytes": ("long", "Bytes of argv captured"),
     "audit_collector.exec.escaped": ("boolean", "Some argument had non-UTF-8 bytes (escaped)"),
@@ -110,3 +129,18 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.chain.prev": ("keyword", "Chain value of the previous document"),
     "audit_collector.chain.hash": ("keyword", "SHA-256(prev + canonical document bytes)"),
 }
+
+# Multi-fields, as ECS defines them: a field's `.text` sub-field for full-text search.
+TEXT_MULTI_FIELD = ("text", "match_only_text")
+MULTI_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    path: (TEXT_MULTI_FIELD,) for path in (
+        "host.os.name", "host.os.full", "process.name", "process.executable",
+        "process.command_line", "process.user.name", "process.real_user.name", "user.name",
+        "user.effective.name",
+    )
+}
+
+
+def multi_fields(path: str) -> tuple[tuple[str, str], ...]:
+    """(name, mapping type) of the sub-fields of `path`, e.g. (("text", "match_only_text"),)."""
+    return MULTI_FIELDS.get(path, ())

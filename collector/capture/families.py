@@ -2,7 +2,7 @@
 
 A family is a BPF program (bpf/<source>) that writes one kind of record to the ring buffer.
 Its row below is the single place that says what the record is: its kind id, its slot in
-the loss counters, its tracepoints, its config switch, its dataset and its record layout.
+the loss counters, its tracepoints, its config switch and its record layout.
 The C programs receive every constant from here as -D flags (`c_constants`), the decoders
 (records.py) read the layouts, preflight checks the tracepoints, and a BPF test compares
 each layout field by field with the struct BCC compiled. A new family is a new row here,
@@ -118,7 +118,6 @@ class Family:
     macro: str  # suffix of its C constants: KIND_<macro>, LOST_<macro>
     lost_index: int  # its slot in the per-CPU `lost` map: LOST_<macro> in C
     label: str  # the kind in events_captured/events_lost and in events_lost documents
-    dataset: str  # event.dataset of its documents
     source: str  # its program in bpf/
     layout: Layout  # the record it writes
     record_map: str  # the BPF map whose value type is the record struct
@@ -129,7 +128,7 @@ class Family:
 
 EXEC = Family(
     name="exec", kind=1, macro="EXEC", lost_index=0, label="exec",
-    dataset="audit_collector.process", source="exec.c",
+    source="exec.c",
     layout=Layout("exec_event", [
         u32("kind"), u32("syscall"), s32("retval"),
         u32("argc"),  # arguments seen (bprm->argc on success)
@@ -154,7 +153,7 @@ EXEC = Family(
 
 NAMESPACES = Family(
     name="namespaces", kind=2, macro="NS", lost_index=1, label="namespace",
-    dataset="audit_collector.namespace", source="namespaces.c",
+    source="namespaces.c",
     layout=Layout("ns_event", [
         u32("kind"), u32("syscall"), s32("retval"),
         s32("fd"),  # setns only, else -1
@@ -175,7 +174,7 @@ NAMESPACES = Family(
 
 BASH = Family(
     name="bash", kind=3, macro="BASH", lost_index=2, label="bash",
-    dataset="audit_collector.bash", source="bash.c",
+    source="bash.c",
     layout=Layout("bash_event", [
         u32("kind"),
         u32("line_len"),  # bytes captured, without the NUL
@@ -190,7 +189,6 @@ BASH = Family(
 FAMILIES: tuple[Family, ...] = (EXEC, NAMESPACES, BASH)
 BY_KIND = {f.kind: f for f in FAMILIES}
 BY_NAME = {f.name: f for f in FAMILIES}
-LOSS_DATASET = "audit_collector.loss"  # events_lost documents: no family's, all of theirs
 
 
 def _check(families: tuple[Family, ...]) -> None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.ecs.host import HostInfo
+from collector.ecs.host import HostInfo, OsRelease
 from tests.ecs.recordbytes import UNSET, bash_record, exec_record, kernel_dev, ns_record
 
 # --------------------------------------------------------------------------- the world
 
 HOST = HostInfo(name="golden-host", id="5f3c0d2a9b8e4f61a7c2d4e6f8091a2b",
                 boot_id="0d9c8b7a65f443e2a1b0c9d8e7f60514", kernel="6.18.0-golden",
-                architecture="x86_64")
+                architecture="x86_64", hostname="golden-host",
+                boot_uuid="0d9c8b7a-65f4-43e2-a1b0-c9d8e7f60514",
+                os=OsRelease(name="Debian GNU/Linux", full="Debian GNU/Linux 12 (bookworm)",
+                             version="12", family="debian", platform="debian"))
 HOST_NS = {"pid": 4026531836, "pid_for_children": 4026531836, "mnt": 4026531841,
            "net": 4026531840, "uts": 4026531838, "ipc": 4026531839, "user": 4026531837,
            "cgroup": 4026531835}
