@@ -110,7 +110,7 @@ class Agent:
 
     def _on_record(self, data: bytes) -> None:
         try:
-            event = decode(data)
+            event = decode(data, self.cfg.capture.max_args)
         except DecodeError as exc:
             self.metrics.capture.decode_errors.inc()
             log.warning("undecodable record: %s", exc)
@@ -119,6 +119,8 @@ class Agent:
         if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
             return
         self._captured[kind].inc()
+        if isinstance(event, ExecEvent) and event.args_fault:
+            self.metrics.capture.args_unread.inc()
         assert self._builder is not None
         try:
             doc = self._builder.build(event)

@@ -93,11 +93,16 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.namespaces.host": ("boolean", "All namespaces equal PID 1's"),
     "audit_collector.namespaces.differ": ("keyword", "Kinds that differ from PID 1's"),
     "audit_collector.exec.syscall": ("keyword", "execve or execveat"),
-    "audit_collector.exec.filename": ("keyword", "Path as passed to the syscall"),
+    "audit_collector.exec.filename": ("keyword", "Path as passed to the syscall (the script "
+                                                 "for a #! script)"),
     "audit_collector.exec.argc": ("long", "Number of arguments the program received (more "
                                           "than process.args_count when argv was cut)"),
     "audit_collector.exec.args_truncated": ("boolean", "argv was cut at the configured bound"),
     "audit_collector.exec.args_captured_bytes": ("long", "Bytes of argv captured"),
+    "audit_collector.exec.args_unread": ("boolean", "argv could not be read (a failed exec "
+                                                    "whose caller's argv is not resident)"),
+    "audit_collector.exec.script": ("boolean", "A #! script ran: process.args and "
+                                               "process.executable are its interpreter's"),
     "audit_collector.exec.escaped": ("boolean", "Some argument had non-UTF-8 bytes (escaped)"),
     "audit_collector.ns.syscall": ("keyword", "setns, unshare, clone or clone3"),
     "audit_collector.ns.flags": ("keyword", "CLONE_NEW* flags requested"),

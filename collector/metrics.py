@@ -42,6 +42,10 @@ class CaptureMetrics:
             "audit_collector_bash_follow_unreadable",
             "Executables not checked for bash: no path to them could be read (e.g. EACCES).",
             registry=registry)
+        self.args_unread = Counter(
+            "audit_collector_exec_args_unread",
+            "Exec events whose argv could not be read (flagged audit_collector.exec."
+            "args_unread).", registry=registry)
         self.probes_attached = Gauge("audit_collector_probes_attached",
                                      "Attached probes, by family.", ["family"],
                                      registry=registry)

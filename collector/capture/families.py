@@ -134,11 +134,13 @@ EXEC = Family(
         u32("argc"),  # arguments seen (bprm->argc on success)
         u32("args_len"),  # bytes of args[] used: NUL-separated arguments
         u32("args_truncated"),  # hit MAX_ARGS or ARGS_LIMIT
-        u32("args_fault"),  # reading user memory failed
+        u32("args_fault"),  # argv could not be read (counted, flagged on the document)
         u32("exe_dev"),  # kernel dev_t of the executable's filesystem (success only)
         u64("exe_ino"),  # the executable's inode number (success only)
         u32("exe_gen"),  # its i_generation: tells a reused inode number apart
-        padding("exe_pad", "u32"),
+        u32("script"),  # a `#!` script: the image is its interpreter (success only)
+        u64("argv_addr"),  # the caller's argv and filename pointers: a failed exec's are
+        u64("filename_addr"),  # read again at syscall exit
         nested("id", IDENTITY),
         chars("filename", FILENAME_LEN),
         tail("args", lambda c: 2 * c["ARGS_BUF"]),

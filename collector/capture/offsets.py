@@ -86,6 +86,13 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("OFF_LINUX_BINPRM_ARGC", "linux_binprm", "argc"),
     # linux_binprm.filename: the name the kernel opened ("/dev/fd/N" for fexecve).
     _f("OFF_LINUX_BINPRM_FILENAME", "linux_binprm", "filename"),
+    # linux_binprm.interp: the filename, or a `#!` script's interpreter once binfmt_script
+    # has replaced the image.
+    _f("OFF_LINUX_BINPRM_INTERP", "linux_binprm", "interp"),
+    # The new image's argv, resident on its stack at sched_process_exec.
+    _f("OFF_TASK_STRUCT_MM", "task_struct", "mm"),
+    _f("OFF_MM_STRUCT_ARG_START", "mm_struct", "arg_start"),
+    _f("OFF_MM_STRUCT_ARG_END", "mm_struct", "arg_end"),
     # The executable's identity (device, inode), so user space can tell binaries apart
     # without a stat per exec.
     _f("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),

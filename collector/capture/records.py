@@ -69,6 +69,7 @@ class ExecEvent:
         "exe",
         "filename",
         "retval",
+        "script",
         "syscall",
         "who",
     )
@@ -81,8 +82,9 @@ class ExecEvent:
     argc: int
     args_truncated: bool
     args_captured_bytes: int
-    args_fault: bool
+    args_fault: bool  # argv could not be read
     exe: ExeId | None  # on success only
+    script: bool  # a `#!` script ran: args are its interpreter's (success only)
 
 
 @dataclass
@@ -164,24 +166,31 @@ def _syscall(family: Family, index: int) -> str:
 _ARGS_AT = EXEC.layout.fixed_size
 
 
-def decode_exec(data: bytes) -> ExecEvent:
+def decode_exec(data: bytes, max_args: int | None = None) -> ExecEvent:
+    """`max_args`: arguments kept (the new image's argv is read whole, up to the byte
+    bound; more arguments are cut here and the cut flagged)."""
     _check_length(data, EXEC)
     r = EXEC.layout.unpack_from(data)
     tail = data[_ARGS_AT:_ARGS_AT + r.args_len]
     kdev = r.exe_dev
+    args = split_args(tail)
+    truncated = bool(r.args_truncated)
+    if max_args is not None and len(args) > max_args:
+        args, truncated = args[:max_args], True
     return ExecEvent(
         who=_who(r.id),
         syscall=_syscall(EXEC, r.syscall),
         retval=r.retval,
         filename=_cstr(r.filename),
-        args=split_args(tail),
+        args=args,
         argc=r.argc,
-        args_truncated=bool(r.args_truncated),
+        args_truncated=truncated,
         args_captured_bytes=len(tail),
         args_fault=bool(r.args_fault),
         # The kernel's dev_t is major << 20 | minor; st_dev uses the user-space encoding.
         exe=ExeId(os.makedev(kdev >> 20, kdev & 0xFFFFF), r.exe_ino, r.exe_gen)
         if r.exe_ino else None,
+        script=bool(r.script),
     )
 
 
@@ -214,10 +223,13 @@ def decode_bash(data: bytes) -> BashEvent:
 DECODERS = {EXEC.kind: decode_exec, NAMESPACES.kind: decode_namespace, BASH.kind: decode_bash}
 
 
-def decode(data: bytes) -> Event:
+def decode(data: bytes, max_args: int | None = None) -> Event:
+    """`max_args`: capture.max_args, the arguments an exec event keeps."""
     if len(data) < 4:
         raise DecodeError(f"record of {len(data)} bytes has no kind")
     kind = int.from_bytes(data[:4], "little")
+    if kind == EXEC.kind:
+        return decode_exec(data, max_args)
     decoder = DECODERS.get(kind)
     if decoder is None:
         raise DecodeError(f"unknown record kind {kind}")

@@ -223,7 +223,9 @@ class DocumentBuilder:
         (filename,), escaped_name = texts([event.filename])
         escaped = escaped_args or escaped_name
         process = doc["process"]
-        process["executable"] = self.enrich.executable(event.who.pid, filename)
+        # A script's image is its interpreter, named first in the new argv.
+        ran = args[0] if event.script and args else filename
+        process["executable"] = self.enrich.executable(event.who.pid, ran)
         if event.retval != 0:
             process["name"] = os.path.basename(filename) or process["name"]
         process["args"] = args
@@ -235,11 +237,14 @@ class DocumentBuilder:
             "argc": max(event.argc, len(args)),
             "args_truncated": event.args_truncated,
             "args_captured_bytes": event.args_captured_bytes,
+            "args_unread": event.args_fault,
             "escaped": escaped,
         }
+        if event.script:
+            doc[CUSTOM_ROOT]["exec"]["script"] = True
         if event.retval != 0:
             doc["error"] = _error(event.retval)
-        doc["message"] = f"exec {process['command_line']}"[:1024]
+        doc["message"] = f"exec {process['command_line'] or shlex.quote(filename)}"[:1024]
         return doc
 
     # -- namespaces

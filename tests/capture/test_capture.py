@@ -134,6 +134,122 @@ def test_exec_with_20kib_of_arguments_is_cut_at_16kib(agent: RunningAgent) -> No
     assert sum(len(a) + 1 for a in args) - 1 == 16384 - 1 or len(args[-1]) < 1023
 
 
+FORK_EXECL_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* fork() then execl() of string literals: the child's pages holding them are not mapped
+ * yet when execve() is entered, so the caller's argv cannot be read by BPF there. */
+int main(int argc, char **argv)
+{
+    int n = atoi(argv[1]);
+    for (int i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl("/bin/true", "true", "literal-MARK", "second literal", (char *)NULL);
+            _exit(127);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+    }
+    /* A failing exec (ENOENT) of a path on the stack, written before fork(): the kernel
+     * gives up before it reads argv, whose literals stay unmapped in the child. */
+    char path[64];
+    strcpy(path, "/nonexistent/MARK");
+    if (fork() == 0) {
+        execl(path, "missing", "literal-MARK", (char *)NULL);
+        _exit(0);
+    }
+    wait(NULL);
+    /* The same with a literal path: getname() faults its page in, and the arguments on
+     * that page become readable at syscall exit. */
+    if (fork() == 0) {
+        execl("/nonexistent/MARK-literal", "missing", "literal-MARK", (char *)NULL);
+        _exit(0);
+    }
+    wait(NULL);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fork_execl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A C program doing fork() + execl() of literals, its marker compiled in."""
+    mark = marker()
+    src = tmp_path_factory.mktemp("forkexecl") / "forkexecl.c"
+    src.write_text(FORK_EXECL_C.replace("MARK", mark))
+    binary = src.with_suffix("")
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(src)], check=True)
+    return binary, mark
+
+
+def test_fork_execl_of_literals_has_the_full_argv(agent: RunningAgent,
+                                                  fork_execl: tuple[Path, str]) -> None:
+    """The classic exec whose argv the caller's memory cannot give (not resident after
+    fork): 300 of 300 documents carry it, read from the new image."""
+    binary, mark = fork_execl
+    unread_before = agent.agent.metrics.capture.args_unread._value.get()
+    subprocess.run([str(binary), "300"], check=True, timeout=60)
+    literal = f"literal-{mark}"
+    docs = agent.sink.wait_for(
+        lambda d: d["event"]["action"] == "exec" and d["event"]["outcome"] == "success"
+        and d["process"]["args"] == ["true", literal, "second literal"], count=300, timeout=30)
+    assert len(docs) == 300
+    for doc in docs:
+        ex = doc["audit_collector"]["exec"]
+        assert (ex["argc"], ex["args_truncated"], ex["args_unread"]) == (3, False, False)
+        assert doc["process"]["args_count"] == 3
+        assert doc["process"]["executable"] == "/bin/true"
+    # The failed execl: no new image, and the kernel gave up (ENOENT) before reading the
+    # caller's literals, which are still not resident: flagged and counted, not silent.
+    (failed,) = agent.sink.wait_for(
+        lambda d: d["event"]["action"] == "exec"
+        and d["audit_collector"]["exec"]["filename"] == f"/nonexistent/{mark}")
+    assert failed["event"]["outcome"] == "failure"
+    assert failed["process"]["args"] == []
+    assert failed["audit_collector"]["exec"]["args_unread"] is True
+    assert agent.agent.metrics.capture.args_unread._value.get() == unread_before + 1
+    # With the path a literal too, the retry at syscall exit reads what entry could not.
+    (retried,) = agent.sink.wait_for(
+        lambda d: d["event"]["action"] == "exec"
+        and d["audit_collector"]["exec"]["filename"] == f"/nonexistent/{mark}-literal")
+    assert retried["process"]["args"] == ["missing", literal]
+    assert retried["audit_collector"]["exec"]["args_unread"] is False
+
+
+def test_python_fork_and_execv(agent: RunningAgent) -> None:
+    mark = marker()
+    code = ("import os\n"
+            "pid = os.fork()\n"
+            f"if pid == 0: os.execv('/bin/true', ['true', '{mark}', 'x y'])\n"
+            "os.waitpid(pid, 0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    (doc,) = execs_with(agent, mark)
+    assert doc["process"]["args"] == ["true", mark, "x y"]
+    assert doc["audit_collector"]["exec"]["args_unread"] is False
+
+
+def test_shebang_script_reports_its_interpreter(agent: RunningAgent, tmp_path: Path) -> None:
+    """The new image of a #! script is its interpreter: process.args is what /proc/PID/
+    cmdline shows ([interpreter, its argument, script, arguments...]), the script stays
+    in audit_collector.exec.filename."""
+    mark = marker()
+    script = tmp_path / f"script-{mark}.sh"
+    script.write_text("#!/bin/sh -e\nexit 0\n")
+    script.chmod(0o755)
+    subprocess.run([str(script), "one", mark], check=True)
+    (doc,) = execs_with(agent, mark, "/bin/sh")
+    assert doc["process"]["args"] == ["/bin/sh", "-e", str(script), "one", mark]
+    assert doc["process"]["executable"] == "/bin/sh"
+    assert doc["process"]["name"] == script.name[:15]
+    ex = doc["audit_collector"]["exec"]
+    assert (ex["filename"], ex["script"], ex["argc"]) == (str(script), True, 5)
+
+
 def test_exec_enoent_is_a_failure_event(agent: RunningAgent) -> None:
     mark = marker()
     missing = f"/nonexistent/{mark}"
@@ -145,6 +261,7 @@ def test_exec_enoent_is_a_failure_event(agent: RunningAgent) -> None:
     assert "exit_code" not in doc["process"]  # ECS: the end of a process, not its start
     assert doc["process"]["executable"] == missing
     assert doc["process"]["args"] == [missing, "x"]
+    assert doc["audit_collector"]["exec"]["args_unread"] is False
 
 
 def test_exec_eacces_is_a_failure_event(agent: RunningAgent, tmp_path: Path) -> None:

@@ -177,6 +177,15 @@ def _cases() -> dict[str, list[Input]]:
                                          who=who(comm=b"configure"),
                                          exe=(kernel_dev(254, 1), 88_001, 2))],
         "exec_in_container": [_container_exec()],
+        # A `#!/bin/sh -e` script: the new image's argv is its interpreter's.
+        "exec_script": [_exec([b"/bin/sh", b"-e", b"./deploy.sh", b"--fast"],
+                              filename=b"./deploy.sh", script=1, who=who(comm=b"deploy.sh"),
+                              exe=(kernel_dev(254, 1), 1290, 9))],
+        # fork() then execl() of string literals that are not resident, and the exec
+        # failed: no new image to read argv from.
+        "exec_failed_args_unread": [exec_record(who(comm=b"forker"), filename=b"/nonexistent",
+                                                args_blob=b"", argc=0, retval=-2,
+                                                args_fault=1)],
         "exec_unresolved_cgroup": [_exec(
             [b"/bin/sleep", b"60"],
             who=who(cgroup_id=9999, cgroup_name=f"libpod-{PODMAN_ID}.scope".encode(),

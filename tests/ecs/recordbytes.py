@@ -21,14 +21,16 @@ def kernel_dev(major: int, minor: int) -> int:
 
 def exec_record(who: dict[str, Any], *, filename: bytes, args_blob: bytes, argc: int,
                 syscall: int = 0, retval: int = 0, args_truncated: int = 0,
-                args_fault: int = 0, exe: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+                args_fault: int = 0, exe: tuple[int, int, int] = (0, 0, 0),
+                script: int = 0) -> bytes:
     """`who`: IDENTITY's fields; `exe`: (kernel dev_t, inode, i_generation), zero when the
     exec failed."""
     dev, ino, generation = exe
     return EXEC.layout.pack({
         "kind": EXEC.kind, "syscall": syscall, "retval": retval, "argc": argc,
         "args_len": len(args_blob), "args_truncated": args_truncated, "args_fault": args_fault,
-        "exe_dev": dev, "exe_ino": ino, "exe_gen": generation, "id": who, "filename": filename,
+        "exe_dev": dev, "exe_ino": ino, "exe_gen": generation, "script": script, "id": who,
+        "filename": filename,
     }, tail_bytes=args_blob)
 
 
