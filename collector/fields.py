@@ -38,14 +38,16 @@ FIELDS: dict[str, tuple[str, str]] = {
     "host.os.platform": ("keyword", "ID of /etc/os-release"),
     "event.kind": ("keyword", "event; metric for events_lost"),
     "event.category": ("keyword", "Always process"),
-    "event.type": ("keyword", "start (exec), change (setns, unshare, clone), info (bash "
-                              "lines, events_lost)"),
-    "event.action": ("keyword", "exec, setns, unshare, clone, bash_command, events_lost"),
-    "event.outcome": ("keyword", "success or failure"),
+    "event.type": ("keyword", "start (fork, exec), end (end), change (setns, unshare, "
+                              "clone), info (bash lines, events_lost)"),
+    "event.action": ("keyword", "fork, exec, end, setns, unshare, clone, bash_command, "
+                                "events_lost"),
+    "event.outcome": ("keyword", "success or failure (end: a non-zero exit code)"),
     "event.module": ("keyword", "Always audit_collector"),
     "event.dataset": ("keyword", "Equals data_stream.dataset"),
     "event.sequence": ("long", "Per-host sequence number (gap-free unless loss is reported)"),
     "event.created": ("date", "When the collector built the document"),
+    "event.duration": ("long", "end: how long the process ran, in ns"),
     "error.code": ("keyword", "errno name of a failed syscall (ENOENT, EPERM...)"),
     "error.message": ("match_only_text", "strerror text of the errno"),
     "process.pid": ("long", "Thread-group id in the initial pid namespace"),
@@ -59,7 +61,38 @@ FIELDS: dict[str, tuple[str, str]] = {
     "process.interactive": ("boolean", "The process has a controlling terminal"),
     "process.tty.char_device.major": ("long", "Controlling tty major number"),
     "process.tty.char_device.minor": ("long", "Controlling tty minor number"),
-    "process.parent.pid": ("long", "Parent's thread-group id"),
+    "process.entity_id": ("keyword", "base64 of <pid ns inode>__<boot id>__<pid>__<start "
+                                     "in clock ticks since boot>: unique per process"),
+    "process.start": ("date", "When the process started (clock-tick precision)"),
+    "process.working_directory": ("keyword", "Working directory (at its exec)"),
+    "process.end": ("date", "end: when the process ended"),
+    "process.exit_code": ("long", "end: exit status, or 128 + the signal that killed it"),
+    "process.previous.executable": ("keyword", "exec: the image before this exec"),
+    "process.previous.args": ("keyword", "exec: the argv before this exec"),
+    "process.previous.args_count": ("long", "exec: its length"),
+    **{f"process.{rel}.{name}": (kind, f"{what}: {text}")
+       for rel, what in (("parent", "The parent"),
+                         ("group_leader", "The process group leader"),
+                         ("session_leader", "The session leader"),
+                         ("entry_leader", "The session's entry leader"))
+       for name, kind, text in (
+           ("entity_id", "keyword", "its process.entity_id"),
+           ("pid", "long", "its pid"),
+           ("vpid", "long", "its pid in its own pid namespace"),
+           ("start", "date", "when it started"),
+           ("name", "keyword", "its name"),
+           ("executable", "keyword", "its executable"),
+           ("args", "keyword", "its argv"),
+           ("args_count", "long", "length of its argv"),
+           ("interactive", "boolean", "it has a controlling terminal"),
+           ("working_directory", "keyword", "its working directory"),
+       ) + ((("same_as_process", "boolean", "it is this process"),) if rel != "parent"
+            else ())},
+    "process.entry_leader.user.id": ("keyword", "The entry leader's effective uid"),
+    "process.entry_leader.user.name": ("keyword", "The entry leader's effective user name"),
+    "process.entry_leader.entry_meta.type": (
+        "keyword", "How the session came in: init, sshd, ssm, terminal, console (absent: "
+                   "unknown)"),
     "process.user.id": ("keyword", "Effective uid"),
     "process.user.name": ("keyword", "Effective user name"),
     "process.real_user.id": ("keyword", "Real uid"),
@@ -116,6 +149,8 @@ FIELDS: dict[str, tuple[str, str]] = {
        for kind in NS_KINDS},
     "audit_collector.ns.target.container_id": ("keyword", "Container of the entered namespaces"),
     "audit_collector.ns.target.pid": ("long", "A process already in the entered namespaces"),
+    "audit_collector.end.signal": ("long", "end: the signal that killed the process"),
+    "audit_collector.end.core_dumped": ("boolean", "end: it dumped core"),
     "audit_collector.bash.line": ("wildcard", "The line readline returned"),
     "audit_collector.bash.line_truncated": ("boolean", "The line was cut at the bound"),
     "audit_collector.bash.line_bytes": ("long", "Bytes captured"),
@@ -127,6 +162,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "audit_collector.lost.exec": ("long", "Exec events lost since the last report"),
     "audit_collector.lost.namespace": ("long", "Namespace events lost since the last report"),
     "audit_collector.lost.bash": ("long", "Bash events lost since the last report"),
+    "audit_collector.lost.fork": ("long", "Fork events lost since the last report"),
+    "audit_collector.lost.exit": ("long", "End events lost since the last report"),
     "audit_collector.lost.documents": ("long", "Documents dropped by the spool policy"),
     "audit_collector.lost.first_sequence": ("long", "First dropped sequence (spool drops)"),
     "audit_collector.lost.last_sequence": ("long", "Last dropped sequence (spool drops)"),
@@ -139,9 +176,12 @@ FIELDS: dict[str, tuple[str, str]] = {
 TEXT_MULTI_FIELD = ("text", "match_only_text")
 MULTI_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     path: (TEXT_MULTI_FIELD,) for path in (
-        "host.os.name", "host.os.full", "process.name", "process.executable",
-        "process.command_line", "process.user.name", "process.real_user.name", "user.name",
-        "user.effective.name",
+        "host.os.name", "host.os.full", "process.command_line", "process.user.name",
+        "process.real_user.name", "process.entry_leader.user.name", "user.name",
+        "user.effective.name", "process.previous.executable",
+        *(f"process.{rel}{name}" for rel in ("", "parent.", "group_leader.",
+                                              "session_leader.", "entry_leader.")
+          for name in ("name", "executable", "working_directory")),
     )
 }
 

@@ -46,6 +46,9 @@ NS_KINDS = NS_SET.names
 IDENTITY = Layout("identity", [
     u64("ktime_ns"),
     u64("cgroup_id"),  # kernfs id of the reported cgroup
+    # Start times (CLOCK_BOOTTIME ns) of this process, its parent, its process group
+    # leader and its session leader; 0 when that process is gone.
+    u64("start_ns"), u64("parent_start_ns"), u64("pgid_start_ns"), u64("sid_start_ns"),
     u32("pid"),  # tgid, init pid namespace
     u32("tid"), u32("ppid"),
     u32("vpid"),  # pid in the task's own pid namespace
@@ -54,6 +57,7 @@ IDENTITY = Layout("identity", [
     u32("sessionid"),  # (u32)-1 when unset
     u32("tty_major"), u32("tty_minor"),
     s32("tty_index"),  # -1: no controlling tty
+    u32("pgid"), u32("sid"),  # process group and session ids, init pid namespace
     padding("pad0", "u32"),
     nested("ns", NS_SET),
     chars("comm", TASK_COMM_LEN),
@@ -188,7 +192,29 @@ BASH = Family(
     record_map="bash_scratch",  # a uretprobe on readline(): no tracepoints
 )
 
-FAMILIES: tuple[Family, ...] = (EXEC, NAMESPACES, BASH)
+FORK = Family(
+    name="fork", kind=4, macro="FORK", lost_index=3, label="fork", source="fork.c",
+    layout=Layout("fork_event", [
+        u32("kind"),
+        padding("pad", "u32"),
+        nested("id", IDENTITY),  # the child's
+    ]),
+    record_map="fork_scratch",
+    tracepoints=(Tracepoint("sched", "sched_process_fork", raw=True),),
+)
+
+EXIT = Family(
+    name="exit", kind=5, macro="EXIT", lost_index=4, label="exit", source="exit.c",
+    layout=Layout("exit_event", [
+        u32("kind"),
+        s32("exit_code"),  # the wait(2) status
+        nested("id", IDENTITY),
+    ]),
+    record_map="exit_scratch",
+    tracepoints=(Tracepoint("sched", "sched_process_exit", raw=True),),
+)
+
+FAMILIES: tuple[Family, ...] = (EXEC, NAMESPACES, BASH, FORK, EXIT)
 BY_KIND = {f.kind: f for f in FAMILIES}
 BY_NAME = {f.name: f for f in FAMILIES}
 

@@ -97,6 +97,7 @@ def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlin
         "MAX_ARGS": capture.max_args,
         "LINE_MAX_BYTES": capture.max_bash_line,
         **c_constants(),
+        **{f"FAMILY_{f.macro}": int(f in families) for f in FAMILIES},
     }
     cflags = offsets_as_cflags(report.values) + [f"-D{k}={v}" for k, v in constants.items()]
     cflags.append("-Wno-macro-redefined")

@@ -10,14 +10,24 @@ import errno
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from collector import __version__
 from collector.capture.families import CLONE_FLAGS, NS_KINDS
-from collector.capture.records import BashEvent, Event, ExecEvent, NamespaceEvent, Who
+from collector.capture.records import (
+    BashEvent,
+    Event,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    NamespaceEvent,
+    Who,
+)
 from collector.ecs.enrichment import Doc, Enrichment, iso_utc_ns, tty_display_name
 from collector.ecs.host import HostInfo
+from collector.ecs.processes import Clock, EntityIds, Proc, ProcessTable, ProcSource
 from collector.fields import CUSTOM_ROOT, ECS_VERSION
 
 __all__ = ["ACTIONS", "DataStream", "Doc", "DocumentBuilder", "events_lost_document"]
@@ -110,7 +120,9 @@ class Classification(NamedTuple):
 DEFAULT_STREAM = DataStream()
 
 ACTIONS: dict[str, Classification] = {
+    "fork": Classification("event", ("process",), ("start",)),
     "exec": Classification("event", ("process",), ("start",)),
+    "end": Classification("event", ("process",), ("end",)),
     "setns": Classification("event", ("process",), ("change",)),
     "unshare": Classification("event", ("process",), ("change",)),
     "clone": Classification("event", ("process",), ("change",)),
@@ -143,6 +155,14 @@ def _static_part(host: HostInfo, stream: DataStream) -> Doc:
     }
 
 
+def host_process_table(host: HostInfo, enrich: Enrichment, max_entries: int = 100_000,
+                       on_evict: Callable[[], None] = lambda: None) -> ProcessTable:
+    """This host's process table (not seeded yet: `seed()` enters the running processes)."""
+    ids = EntityIds(enrich.host_ns.inodes.get("pid", 0), host.boot_uuid or host.boot_id)
+    return ProcessTable(ids, Clock.of_host(), ProcSource(), enrich.user, iso_utc_ns,
+                        max_entries, on_evict)
+
+
 @dataclass
 class DocumentBuilder:
     """Assembles documents from an event's own values and the enrichment's shared
@@ -151,21 +171,32 @@ class DocumentBuilder:
     host: HostInfo
     enrich: Enrichment
     stream: DataStream = DEFAULT_STREAM
+    processes: ProcessTable | None = None  # default: this host's, unseeded
 
     def __post_init__(self) -> None:
         self._static = _static_part(self.host, self.stream)
+        if self.processes is None:
+            self.processes = host_process_table(self.host, self.enrich)
+        self._table: ProcessTable = self.processes
 
     def build(self, event: Event) -> Doc:
         if isinstance(event, ExecEvent):
             return self.exec_document(event)
+        if isinstance(event, ForkEvent):
+            return self.fork_document(event)
+        if isinstance(event, ExitEvent):
+            return self.end_document(event)
         if isinstance(event, NamespaceEvent):
             return self.namespace_document(event)
         return self.bash_document(event)
 
     # -- common parts
 
-    def base(self, event: Event, action: str, outcome: str) -> Doc:
+    def base(self, event: Event, action: str, outcome: str, proc: Proc | None = None) -> Doc:
+        """The parts every document has; `proc`: the table's process (found if not given)."""
         who = event.who
+        if proc is None:
+            proc = self._table.process(who)
         enrich = self.enrich
         cgroup, container = enrich.cgroup(who)
         timestamp = enrich.timestamp(who.ktime_ns)
@@ -184,7 +215,7 @@ class DocumentBuilder:
             "@timestamp": timestamp,
             **self._static,
             "event": _event(action, outcome, self.stream, enrich.created()),
-            "process": self._process(who),
+            "process": self._process(who, proc),
             "user": enrich.users(who),
             "group": enrich.group(who.gid),
             CUSTOM_ROOT: custom,
@@ -193,19 +224,29 @@ class DocumentBuilder:
             doc["container"] = container
         return doc
 
-    def _process(self, who: Who) -> Doc:
-        enrich = self.enrich
+    def _process(self, who: Who, proc: Proc) -> Doc:
+        enrich, table = self.enrich, self._table
         process: Doc = {
             "pid": who.pid,
             "vpid": who.vpid,
+            "entity_id": table.entity_id(proc),
+            "start": table.start(proc),
             "thread": {"id": who.tid},
             "name": who.comm.decode("utf-8", "backslashreplace"),
-            "parent": {"pid": who.ppid},
             "interactive": who.tty is not None,
             "user": enrich.user(who.euid),
             "real_user": enrich.user(who.uid),
             "real_group": enrich.group(who.gid),
+            **table.relatives(proc, who),
         }
+        if proc.executable is not None:
+            process["executable"] = proc.executable
+        if proc.args is not None:
+            process["args"] = proc.args
+            process["args_count"] = len(proc.args)
+            process["command_line"] = shlex.join(proc.args)
+        if proc.cwd is not None:
+            process["working_directory"] = proc.cwd
         if who.tty:
             process["tty"] = {"char_device": {"major": who.tty[1], "minor": who.tty[2]}}
         return process
@@ -218,19 +259,27 @@ class DocumentBuilder:
 
     def exec_document(self, event: ExecEvent) -> Doc:
         outcome = "success" if event.retval == 0 else "failure"
-        doc = self.base(event, "exec", outcome)
         args, escaped_args = texts(event.args)
         (filename,), escaped_name = texts([event.filename])
         escaped = escaped_args or escaped_name
-        process = doc["process"]
         # A script's image is its interpreter, named first in the new argv.
         ran = args[0] if event.script and args else filename
-        process["executable"] = self.enrich.executable(event.who.pid, ran)
+        executable = self.enrich.executable(event.who.pid, ran)
+        previous = None
+        if outcome == "success":
+            proc, previous = self._table.on_exec(event.who, executable, args)
+        else:
+            proc = self._table.process(event.who)
+        doc = self.base(event, "exec", outcome, proc)
+        process = doc["process"]
+        process["executable"] = executable
         if event.retval != 0:
             process["name"] = os.path.basename(filename) or process["name"]
         process["args"] = args
         process["args_count"] = len(args)
         process["command_line"] = shlex.join(args)
+        if previous:
+            process["previous"] = previous
         doc[CUSTOM_ROOT]["exec"] = {
             "syscall": event.syscall,
             "filename": filename,
@@ -245,6 +294,29 @@ class DocumentBuilder:
         if event.retval != 0:
             doc["error"] = _error(event.retval)
         doc["message"] = f"exec {process['command_line'] or shlex.quote(filename)}"[:1024]
+        return doc
+
+    # -- fork and end
+
+    def fork_document(self, event: ForkEvent) -> Doc:
+        proc = self._table.on_fork(event.who)
+        doc = self.base(event, "fork", "success", proc)
+        doc["message"] = f"fork {doc['process']['name']} {event.who.pid} from {event.who.ppid}"
+        return doc
+
+    def end_document(self, event: ExitEvent) -> Doc:
+        proc = self._table.on_exit(event.who)
+        doc = self.base(event, "end", "success" if event.exit_code == 0 else "failure", proc)
+        process = doc["process"]
+        process["end"] = doc["@timestamp"]
+        process["exit_code"] = event.exit_code
+        started = self._table.clock.wall_ns(proc.ticks)
+        ended = self.enrich.clock.to_wall_ns(event.who.ktime_ns)
+        doc["event"]["duration"] = max(0, ended - started)
+        if event.signal:
+            doc[CUSTOM_ROOT]["end"] = {"signal": event.signal,
+                                       "core_dumped": bool(event.status & 0x80)}
+        doc["message"] = f"end {process['name']} {event.who.pid} exit_code {event.exit_code}"
         return doc
 
     # -- namespaces

@@ -387,9 +387,13 @@ def test_process_in_new_namespaces(agent: RunningAgent, isolated: tuple[int, str
     assert doc["audit_collector"]["uts_hostname"] == hostname
     assert doc["process"]["vpid"] == 1
     # The unshare(2) call that created them, with inodes before and after.
+    # Namespace inodes are reused once freed (other work on this machine unshares too):
+    # match all three new ones.
     unshares = agent.sink.wait_for(
         lambda d: d["event"]["action"] == "unshare"
-        and d["audit_collector"]["ns"].get("after", {}).get("uts") == truth["uts"])
+        and {k: d["audit_collector"]["ns"].get("after", {}).get(k)
+             for k in ("uts", "mnt", "pid_for_children")}
+        == {"uts": truth["uts"], "mnt": truth["mnt"], "pid_for_children": truth["pid"]})
     ev = unshares[0]["audit_collector"]["ns"]
     assert set(ev["kinds"]) == {"pid", "mnt", "uts"}
     assert set(ev["flags"]) == {"CLONE_NEWPID", "CLONE_NEWNS", "CLONE_NEWUTS"}
@@ -472,8 +476,20 @@ def test_clone_with_new_namespace_flags(agent: RunningAgent) -> None:
 
 
 def _bash_lines(agent: RunningAgent, pid: int, count: int) -> list[Doc]:
-    return agent.sink.wait_for(lambda d: d["event"]["action"] == "bash_command"
-                               and d["process"]["pid"] == pid, count=count)
+    """The lines typed into the bash that just ran as `pid`: found by the entity id of its
+    exec document (a pid alone may be reused on a busy machine). The lines must carry the
+    same identity and leaders as that exec document."""
+    execs = agent.sink.wait_for(lambda d: d["event"]["action"] == "exec"
+                                and d["process"]["pid"] == pid)
+    exec_doc = execs[-1]
+    entity = exec_doc["process"]["entity_id"]
+    lines = agent.sink.wait_for(lambda d: d["event"]["action"] == "bash_command"
+                                and d["process"]["entity_id"] == entity, count=count)
+    for line in lines:
+        for key in ("entity_id", "start", "parent", "session_leader", "group_leader",
+                    "entry_leader"):
+            assert line["process"].get(key) == exec_doc["process"].get(key), key
+    return lines
 
 
 def test_bash_commands_typed_under_a_pty(agent: RunningAgent) -> None:
@@ -592,7 +608,8 @@ def test_exec_by_an_orphan_of_pid_1(agent: RunningAgent, tmp_path: Path,
 
 def test_no_events_lost_in_normal_operation(agent: RunningAgent) -> None:
     assert not [d for d in agent.sink.docs if d["event"]["action"] == "events_lost"]
-    assert agent.agent.probes.lost_counts() == {"exec": 0, "namespace": 0, "bash": 0}
+    assert agent.agent.probes.lost_counts() == {"exec": 0, "namespace": 0, "bash": 0,
+                                                "fork": 0, "exit": 0}
 
 
 def test_documents_are_ecs_and_use_only_documented_fields(agent: RunningAgent) -> None:

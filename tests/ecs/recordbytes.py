@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.capture.families import BASH, EXEC, NAMESPACES
+from collector.capture.families import BASH, EXEC, EXIT, FORK, NAMESPACES
 
 UNSET = 0xFFFFFFFF  # (u32)-1: login uid / session id never set
 
@@ -46,3 +46,13 @@ def ns_record(who: dict[str, Any], *, syscall: int, retval: int, flags: int,
 def bash_record(who: dict[str, Any], *, line: bytes, truncated: int = 0) -> bytes:
     return BASH.layout.pack({"kind": BASH.kind, "line_len": len(line), "truncated": truncated,
                              "id": who}, tail_bytes=line + b"\0")
+
+
+def fork_record(child: dict[str, Any]) -> bytes:
+    """`child`: the new process's IDENTITY fields."""
+    return FORK.layout.pack({"kind": FORK.kind, "id": child})
+
+
+def exit_record(who: dict[str, Any], *, status: int) -> bytes:
+    """`status`: the wait(2) status (exit code << 8, or the signal number)."""
+    return EXIT.layout.pack({"kind": EXIT.kind, "exit_code": status, "id": who})
