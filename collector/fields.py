@@ -36,6 +36,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "host.os.version": ("keyword", "VERSION_ID of /etc/os-release"),
     "host.os.family": ("keyword", "First of ID_LIKE of /etc/os-release, else ID"),
     "host.os.platform": ("keyword", "ID of /etc/os-release"),
+    "event.id": ("keyword", "<boot id prefix>-<kernel ns, hex>-<thread id, hex>-<record "
+                            "kind>: unique per event"),
     "event.kind": ("keyword", "event; metric for events_lost"),
     "event.category": ("keyword", "Always process"),
     "event.type": ("keyword", "start (fork, exec), end (end), change (setns, unshare, "

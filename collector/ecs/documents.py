@@ -175,6 +175,7 @@ class DocumentBuilder:
 
     def __post_init__(self) -> None:
         self._static = _static_part(self.host, self.stream)
+        self._boot = self.host.boot_id[:12]
         if self.processes is None:
             self.processes = host_process_table(self.host, self.enrich)
         self._table: ProcessTable = self.processes
@@ -211,10 +212,14 @@ class DocumentBuilder:
         uts = self._uts_hostname(who)
         if uts:
             custom["uts_hostname"] = uts
+        event_doc = _event(action, outcome, self.stream, enrich.created())
+        # Unique per event of a boot (a task records one event per kind at a time); Session
+        # View tells a process's events apart by it.
+        event_doc["id"] = f"{self._boot}-{who.ktime_ns:x}-{who.tid:x}-{event.family.kind}"
         doc: Doc = {
             "@timestamp": timestamp,
             **self._static,
-            "event": _event(action, outcome, self.stream, enrich.created()),
+            "event": event_doc,
             "process": self._process(who, proc),
             "user": enrich.users(who),
             "group": enrich.group(who.gid),
