@@ -249,7 +249,7 @@ class DocumentBuilder:
         if proc.args is not None:
             process["args"] = proc.args
             process["args_count"] = len(proc.args)
-            process["command_line"] = shlex.join(proc.args)
+            process["command_line"] = proc.command_line()
         if proc.cwd is not None:
             process["working_directory"] = proc.cwd
         if who.tty:

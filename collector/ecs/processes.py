@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -169,8 +170,9 @@ class ProcSource:
 class Proc:
     """One process as the table knows it (its current image)."""
 
-    __slots__ = ("_as_leader", "_as_parent", "_entity_id", "args", "cwd", "entry", "euid",
-                 "executable", "name", "pgid", "pid", "ppid", "sid", "ticks", "tty", "vpid")
+    __slots__ = ("_as_leader", "_as_parent", "_as_self", "_command_line", "_entity_id",
+                 "_start", "args", "cwd", "entry", "euid", "executable", "name", "pgid", "pid",
+                 "ppid", "sid", "ticks", "tty", "vpid")
 
     def __init__(self, pid: int, ticks: int, ppid: int, pgid: int, sid: int, vpid: int,
                  name: str, euid: int, tty: tuple[int, int] | None) -> None:
@@ -187,12 +189,21 @@ class Proc:
         self.args: list[str] | None = None
         self.cwd: str | None = None
         self.entry: EntryLeader | None = None
+        # What documents show of it, built once per image (shared, read-only).
         self._entity_id: str | None = None
+        self._start: str | None = None
+        self._command_line: str | None = None
         self._as_parent: Doc | None = None
         self._as_leader: Doc | None = None
+        self._as_self: Doc | None = None
 
     def changed_image(self) -> None:
-        self._as_parent = self._as_leader = None
+        self._as_parent = self._as_leader = self._as_self = self._command_line = None
+
+    def command_line(self) -> str | None:
+        if self._command_line is None and self.args is not None:
+            self._command_line = shlex.join(self.args)
+        return self._command_line
 
 
 class EntryLeader:
@@ -309,7 +320,9 @@ class ProcessTable:
         return proc._entity_id
 
     def start(self, proc: Proc) -> str:
-        return self._iso(self.clock.wall_ns(proc.ticks))
+        if proc._start is None:
+            proc._start = self._iso(self.clock.wall_ns(proc.ticks))
+        return proc._start
 
     def relatives(self, proc: Proc, who: Who) -> Doc:
         """process.parent, group_leader, session_leader and entry_leader of an event."""
@@ -325,7 +338,9 @@ class ProcessTable:
 
     def _relative(self, pid: int, start_ns: int, proc: Proc, leader: bool) -> Doc:
         if pid == proc.pid and (not start_ns or self.clock.ticks(start_ns) == proc.ticks):
-            return {**self._image(proc, leader), "same_as_process": True}
+            if proc._as_self is None:
+                proc._as_self = {**self._image(proc, leader), "same_as_process": True}
+            return proc._as_self
         rel = self._known(pid, start_ns)
         if rel is None:
             doc: Doc = {"pid": pid}
@@ -339,26 +354,29 @@ class ProcessTable:
         return self._image(rel, leader)
 
     def _image(self, proc: Proc, leader: bool) -> Doc:
+        """A relative as documents show it. The parent and the entry leader in full; a
+        group or session leader by identity, name and executable (every document of a
+        session repeats them: their argv is on their own documents)."""
         cached = proc._as_leader if leader else proc._as_parent
         if cached is not None:
             return cached
         doc: Doc = {"entity_id": self.entity_id(proc), "pid": proc.pid,
-                    "start": self.start(proc), "name": proc.name,
-                    "interactive": proc.tty is not None}
-        if proc.vpid:
-            doc["vpid"] = proc.vpid
+                    "start": self.start(proc), "name": proc.name}
         if proc.executable is not None:
             doc["executable"] = proc.executable
+        if leader:
+            doc["same_as_process"] = False
+            proc._as_leader = doc
+            return doc
+        doc["interactive"] = proc.tty is not None
+        if proc.vpid:
+            doc["vpid"] = proc.vpid
         if proc.args is not None:
             doc["args"] = proc.args
             doc["args_count"] = len(proc.args)
         if proc.cwd is not None:
             doc["working_directory"] = proc.cwd
-        if leader:
-            doc["same_as_process"] = False
-            proc._as_leader = doc
-        else:
-            proc._as_parent = doc
+        proc._as_parent = doc
         return doc
 
     # -- bookkeeping
@@ -405,11 +423,7 @@ class ProcessTable:
             self._settle(proc, self._known(who.ppid, who.parent_start_ns), evaluate=True)
 
     def _from_facts(self, facts: ProcFacts) -> Proc:
-        proc = Proc(facts.pid, facts.ticks, facts.ppid, facts.pgid, facts.sid, facts.vpid,
-                    facts.name, facts.euid, facts.tty)
-        proc.executable = facts.exe
-        proc.args = _texts(facts.args) if facts.args is not None else None
-        proc.cwd = facts.cwd
+        proc = _proc_of(facts)
         self._settle(proc, self._parent_from_proc(facts.ppid), evaluate=True)
         return proc
 
@@ -421,11 +435,7 @@ class ProcessTable:
         facts = self.source.facts(ppid)
         if facts is None:
             return None
-        proc = Proc(facts.pid, facts.ticks, facts.ppid, facts.pgid, facts.sid, facts.vpid,
-                    facts.name, facts.euid, facts.tty)
-        proc.executable = facts.exe
-        proc.args = _texts(facts.args) if facts.args is not None else None
-        proc.cwd = facts.cwd
+        proc = _proc_of(facts)
         self._settle(proc, self._parent_from_proc(facts.ppid, depth + 1), evaluate=True)
         self._remember(proc)
         return proc
@@ -474,6 +484,15 @@ class ProcessTable:
         if kind is not None:
             doc["entry_meta"] = {"type": kind}
         return EntryLeader(proc, kind, doc)
+
+
+def _proc_of(facts: ProcFacts) -> Proc:
+    proc = Proc(facts.pid, facts.ticks, facts.ppid, facts.pgid, facts.sid, facts.vpid,
+                facts.name, facts.euid, facts.tty)
+    proc.executable = facts.exe
+    proc.args = _texts(facts.args) if facts.args is not None else None
+    proc.cwd = facts.cwd
+    return proc
 
 
 def _name(who: Who) -> str:

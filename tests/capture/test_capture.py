@@ -324,7 +324,10 @@ def _run_in_pty(argv: list[str], input_lines: list[bytes] = (), settle: float = 
             if not chunk:
                 break
             output += chunk
-        if pending and time.monotonic() - last_write > settle:
+        # Type only once the program has written something (bash's prompt: readline has
+        # put the terminal in raw mode by then; before, a line longer than 4095 bytes is
+        # cut by the terminal's canonical mode, and a loaded machine can take long here).
+        if pending and output and time.monotonic() - last_write > settle:
             os.write(master, pending.pop(0))
             last_write = time.monotonic()
     os.close(master)
@@ -352,6 +355,87 @@ def test_no_tty_is_not_interactive(agent: RunningAgent) -> None:
     (doc,) = execs_with(agent, mark, "/bin/true")
     assert doc["process"]["interactive"] is False
     assert "tty" not in doc["process"]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _of(agent: RunningAgent, entity: str, action: str, count: int = 1) -> list[Doc]:
+    return agent.sink.wait_for(lambda d: d["event"]["action"] == action
+                               and d["process"].get("entity_id") == entity, count=count)
+
+
+def test_fork_exec_end_of_one_process(agent: RunningAgent) -> None:
+    """sh forks true, which execs and ends; sh ends with 3: one entity id from fork to
+    end, the parent's entity id on the child, exit codes and durations."""
+    mark = marker()
+    subprocess.run(["/bin/sh", "-c", f"/bin/true {mark}; exit 3"], check=False)
+    (exec_doc,) = execs_with(agent, mark, "/bin/true")
+    child = exec_doc["process"]
+    (fork,) = _of(agent, child["entity_id"], "fork")
+    (end,) = _of(agent, child["entity_id"], "end")
+    for doc in (fork, end):
+        assert doc["process"]["pid"] == child["pid"]
+        assert doc["process"]["start"] == child["start"]
+        assert doc["process"]["parent"]["entity_id"] == child["parent"]["entity_id"]
+    assert fork["process"]["args"][0] == "/bin/sh"  # the parent's image, before the exec
+    assert child["previous"]["executable"] == "/bin/sh"
+    assert end["process"]["args"] == ["/bin/true", mark]
+    assert end["process"]["exit_code"] == 0 and end["event"]["outcome"] == "success"
+    assert end["process"]["end"] == end["@timestamp"]
+    assert 0 < end["event"]["duration"] < 10 * 10**9
+    assert end["event"]["type"] == ["end"] and fork["event"]["type"] == ["start"]
+    (shell_end,) = _of(agent, child["parent"]["entity_id"], "end")
+    assert shell_end["process"]["exit_code"] == 3 and shell_end["event"]["outcome"] == "failure"
+    assert shell_end["process"]["pid"] == child["parent"]["pid"]
+
+
+def test_a_process_killed_by_a_signal_and_its_threads(agent: RunningAgent) -> None:
+    """One end per process, not per thread; a SIGKILL is exit code 137."""
+    mark = marker()
+    code = ("import threading, time, os, signal\n"
+            "ts = [threading.Thread(target=time.sleep, args=(0.1,)) for _ in range(4)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code, mark], check=False)
+    (exec_doc,) = agent.sink.wait_for(lambda d: d["event"]["action"] == "exec"
+                                      and mark in d["process"].get("args", []))
+    entity = exec_doc["process"]["entity_id"]
+    (end,) = _of(agent, entity, "end")
+    time.sleep(0.3)
+    # Its own fork is the test process's (never traced); its threads are no processes.
+    assert [d["event"]["action"] for d in agent.sink.docs
+            if d["process"].get("entity_id") == entity
+            and d["event"]["action"] in ("fork", "end")] == ["end"]
+    assert not [d for d in agent.sink.docs if d["event"]["action"] == "fork"
+                and d["process"]["parent"].get("entity_id") == entity]
+    assert end["process"]["exit_code"] == 137
+    assert end["audit_collector"]["end"] == {"signal": 9, "core_dumped": False}
+
+
+def test_running_processes_are_entered_with_their_entity_ids() -> None:
+    """A process started before the collector: seeded from /proc, its later documents
+    carry the entity id that /proc's start time gives, its argv and its session."""
+    sleeper = subprocess.Popen(["/bin/sleep", "60", f"0.{uuid.uuid4().int % 10**9:09d}"])
+    stat = Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(stat[19])
+    try:
+        with RunningAgent() as running:
+            table = running.agent._processes
+            assert table is not None and len(table) > 10
+            sleeper.kill()
+            sleeper.wait()
+            (end,) = running.sink.wait_for(lambda d: d["event"]["action"] == "end"
+                                           and d["process"]["pid"] == sleeper.pid)
+    finally:
+        sleeper.kill()
+    process = end["process"]
+    assert process["entity_id"] == table.ids.of(sleeper.pid, ticks)
+    assert process["args"][:2] == ["/bin/sleep", "60"]
+    assert process["executable"] == "/usr/bin/sleep"
+    assert process["exit_code"] == 137
+    assert process["session_leader"]["pid"] == int(stat[3])
+    assert process["parent"]["pid"] == os.getpid()
 
 
 # --------------------------------------------------------------------------- namespaces

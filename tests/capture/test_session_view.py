@@ -78,6 +78,7 @@ def run_session(lines: list[str], timeout: float = 30) -> int:
     pending = list(lines)
     deadline = time.monotonic() + timeout
     last = 0.0
+    prompted = False
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 0.05)
@@ -87,7 +88,8 @@ def run_session(lines: list[str], timeout: float = 30) -> int:
                         break
                 except OSError:
                     break
-            if pending and time.monotonic() - last > 0.4:
+                prompted = True  # bash has put the terminal in raw mode: type
+            if pending and prompted and time.monotonic() - last > 0.4:
                 os.write(master, pending.pop(0).encode() + b"\n")
                 last = time.monotonic()
     finally:
