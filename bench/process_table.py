@@ -3,9 +3,11 @@
     python -m bench.process_table [--processes 100000] [--output PATH]
 
 A host cannot run 100,000 processes at once here (pid_max, memory), so the processes are
-synthetic records: for each, the fork record and the exec record the BPF programs would
-write (an argv of six arguments, about 60 bytes), fed through the agent's own path (decode,
-process table, document builder; the documents go to a sink that drops them). The agent is
+synthetic records: worker processes of a few supervisors (1000 workers each, in their
+supervisor's session and process group, as a service manager or a shell job would run
+them), each as the fork record and the exec record the BPF programs would write (an argv of
+seven arguments, about 60 bytes), fed through the agent's own path (decode, process table,
+document builder; the documents go to a sink that drops them). The agent is
 the real one, with its probes compiled, loaded and attached, so the RSS includes BCC and
 LLVM. Reported: RSS (VmRSS) after start-up and with N processes tracked, the growth per
 process, peak RSS (VmHWM). Result: bench/results/process_table.json.
@@ -53,26 +55,40 @@ def status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def identity(pid: int, start_ns: int) -> dict[str, Any]:
-    return {"ktime_ns": time.monotonic_ns(), "pid": pid, "tid": pid, "ppid": 1, "vpid": pid,
-            "start_ns": start_ns, "parent_start_ns": 10_000_000, "pgid": pid, "sid": pid,
-            "pgid_start_ns": start_ns, "sid_start_ns": start_ns, "uid": 1000, "euid": 1000,
-            "gid": 1000, "egid": 1000, "auid": 0xFFFFFFFF, "sessionid": 0xFFFFFFFF,
-            "tty_index": -1, "comm": b"worker", "cgroup_name": b"worker.service"}
+WORKERS_PER_SUPERVISOR = 1000
+
+
+def identity(pid: int, start_ns: int, ppid: int, parent_start_ns: int,
+             leader: int, leader_start_ns: int) -> dict[str, Any]:
+    return {"ktime_ns": time.monotonic_ns(), "pid": pid, "tid": pid, "ppid": ppid,
+            "vpid": pid, "start_ns": start_ns, "parent_start_ns": parent_start_ns,
+            "pgid": leader, "sid": leader, "pgid_start_ns": leader_start_ns,
+            "sid_start_ns": leader_start_ns, "uid": 1000, "euid": 1000, "gid": 1000,
+            "egid": 1000, "auid": 0xFFFFFFFF, "sessionid": 0xFFFFFFFF, "tty_index": -1,
+            "comm": b"worker", "cgroup_name": b"worker.service"}
+
+
+def exec_record(who: dict[str, Any], argv: list[bytes]) -> bytes:
+    blob = b"".join(a + b"\0" for a in argv)
+    return EXEC.layout.pack({"kind": EXEC.kind, "syscall": 0, "retval": 0, "argc": len(argv),
+                             "args_len": len(blob), "exe_ino": 77, "exe_dev": 1,
+                             "id": {**who, "comm": b"python3"},
+                             "filename": argv[0]}, tail_bytes=blob)
 
 
 def records(n: int) -> Any:
+    supervisor = 0
     for i in range(n):
-        pid = FIRST_PID + i
-        who = identity(pid, 10_000_000 * (1000 + i))
+        if i % WORKERS_PER_SUPERVISOR == 0:  # a supervisor of its own session, under init
+            supervisor, sup_start = FIRST_PID + i, 10_000_000 * (1000 + i)
+            who = identity(supervisor, sup_start, 1, 10_000_000, supervisor, sup_start)
+            yield exec_record(who, [b"/usr/bin/supervisord", b"-n"])
+            continue
+        start_ns = 10_000_000 * (1000 + i)
+        who = identity(FIRST_PID + i, start_ns, supervisor, sup_start, supervisor, sup_start)
         yield FORK.layout.pack({"kind": FORK.kind, "id": who})
-        argv = [b"/usr/bin/python3", b"-m", b"worker", b"--queue", b"default", b"--id",
-                str(i).encode()]
-        blob = b"".join(a + b"\0" for a in argv)
-        yield EXEC.layout.pack({"kind": EXEC.kind, "syscall": 0, "retval": 0,
-                                "argc": len(argv), "args_len": len(blob), "exe_ino": 77 + i,
-                                "exe_dev": 1, "id": {**who, "comm": b"python3"},
-                                "filename": b"/usr/bin/python3"}, tail_bytes=blob)
+        yield exec_record(who, [b"/usr/bin/python3", b"-m", b"worker", b"--queue",
+                                b"default", b"--id", str(i).encode()])
 
 
 def measure(n: int) -> dict[str, Any]:

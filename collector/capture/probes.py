@@ -23,7 +23,7 @@ from collector.capture import bashfind
 from collector.capture.btf import Btf
 from collector.capture.families import BASH, FAMILIES, Family, c_constants
 from collector.capture.hostns import detect_host_namespaces
-from collector.capture.malloc import release_free_heap
+from collector.capture.malloc import release_compiler_pages, release_free_heap
 from collector.capture.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 from collector.capture.settings import CaptureConfig
 
@@ -155,6 +155,7 @@ class Probes:
                 self.attach_bash(path)
         self.load_seconds = time.monotonic() - started
         release_free_heap()  # LLVM's compile-time heap: tens of MiB
+        release_compiler_pages()  # and its code: about 120 MiB of clean file pages
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import os
 import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -170,9 +171,9 @@ class ProcSource:
 class Proc:
     """One process as the table knows it (its current image)."""
 
-    __slots__ = ("_as_leader", "_as_parent", "_as_self", "_command_line", "_entity_id",
-                 "_start", "args", "cwd", "entry", "euid", "executable", "name", "pgid", "pid",
-                 "ppid", "sid", "ticks", "tty", "vpid")
+    __slots__ = ("_as_leader", "_as_parent", "_as_self", "_entity_id", "args", "cwd", "entry",
+                 "euid", "executable", "name", "pgid", "pid", "ppid", "sid", "ticks", "tty",
+                 "vpid")
 
     def __init__(self, pid: int, ticks: int, ppid: int, pgid: int, sid: int, vpid: int,
                  name: str, euid: int, tty: tuple[int, int] | None) -> None:
@@ -189,21 +190,18 @@ class Proc:
         self.args: list[str] | None = None
         self.cwd: str | None = None
         self.entry: EntryLeader | None = None
-        # What documents show of it, built once per image (shared, read-only).
+        # What documents show of it as a relative, built once per image (shared, read-only;
+        # only processes that are relatives of others get them).
         self._entity_id: str | None = None
-        self._start: str | None = None
-        self._command_line: str | None = None
         self._as_parent: Doc | None = None
         self._as_leader: Doc | None = None
         self._as_self: Doc | None = None
 
     def changed_image(self) -> None:
-        self._as_parent = self._as_leader = self._as_self = self._command_line = None
+        self._as_parent = self._as_leader = self._as_self = None
 
     def command_line(self) -> str | None:
-        if self._command_line is None and self.args is not None:
-            self._command_line = shlex.join(self.args)
-        return self._command_line
+        return shlex.join(self.args) if self.args is not None else None
 
 
 class EntryLeader:
@@ -282,7 +280,8 @@ class ProcessTable:
             if proc.args is not None:
                 previous["args"] = proc.args
                 previous["args_count"] = len(proc.args)
-        proc.executable, proc.args, proc.name = executable, args, _name(who)
+        proc.executable, proc.args = shared(executable), _shared_args(args)
+        proc.name = _name(who)
         proc.cwd = self.source.cwd(who.pid) or proc.cwd
         proc.changed_image()
         self._settle(proc, self._known(who.ppid, who.parent_start_ns), evaluate=True)
@@ -320,9 +319,7 @@ class ProcessTable:
         return proc._entity_id
 
     def start(self, proc: Proc) -> str:
-        if proc._start is None:
-            proc._start = self._iso(self.clock.wall_ns(proc.ticks))
-        return proc._start
+        return self._iso(self.clock.wall_ns(proc.ticks))
 
     def relatives(self, proc: Proc, who: Who) -> Doc:
         """process.parent, group_leader, session_leader and entry_leader of an event."""
@@ -489,14 +486,25 @@ class ProcessTable:
 def _proc_of(facts: ProcFacts) -> Proc:
     proc = Proc(facts.pid, facts.ticks, facts.ppid, facts.pgid, facts.sid, facts.vpid,
                 facts.name, facts.euid, facts.tty)
-    proc.executable = facts.exe
-    proc.args = _texts(facts.args) if facts.args is not None else None
+    proc.executable = shared(facts.exe) if facts.exe is not None else None
+    proc.args = _shared_args(_texts(facts.args)) if facts.args is not None else None
     proc.cwd = facts.cwd
     return proc
 
 
 def _name(who: Who) -> str:
-    return who.comm.decode("utf-8", "backslashreplace")
+    return shared(who.comm.decode("utf-8", "backslashreplace"))
+
+
+def shared(text: str) -> str:
+    """One string object for equal names, paths and arguments across the table: a host
+    runs the same programs with the same arguments over and over (memory, at 100,000
+    processes, is mostly these strings)."""
+    return sys.intern(text) if len(text) <= 256 else text
+
+
+def _shared_args(args: list[str]) -> list[str]:
+    return [shared(a) for a in args]
 
 
 def _tty(who: Who) -> tuple[int, int] | None:
