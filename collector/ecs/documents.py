@@ -277,12 +277,12 @@ class DocumentBuilder:
             proc = self._table.process(event.who)
         doc = self.base(event, "exec", outcome, proc)
         process = doc["process"]
-        process["executable"] = executable
-        if event.retval != 0:
+        if event.retval != 0:  # the table still has the image that tried
             process["name"] = os.path.basename(filename) or process["name"]
-        process["args"] = args
-        process["args_count"] = len(args)
-        process["command_line"] = shlex.join(args)
+            process["executable"] = executable
+            process["args"] = args
+            process["args_count"] = len(args)
+            process["command_line"] = shlex.join(args)
         if previous:
             process["previous"] = previous
         doc[CUSTOM_ROOT]["exec"] = {

@@ -240,6 +240,8 @@ class ProcessTable:
         self._on_evict = on_evict
         self._live: dict[int, Proc] = {}
         self._departed: dict[int, Proc] = {}
+        # (pid, ticks) not found in /proc: gone for good (a start time never comes back).
+        self._absent: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -388,8 +390,13 @@ class ProcessTable:
         for found in (self._live.get(pid), self._departed.get(pid)):
             if found is not None and found.ticks == ticks:
                 return found
+        if (pid, ticks) in self._absent:
+            return None
         facts = self.source.facts(pid)
         if facts is None or facts.ticks != ticks:
+            if len(self._absent) >= DEPARTED_MAX:
+                self._absent.clear()
+            self._absent.add((pid, ticks))
             return None
         proc = self._from_facts(facts)
         self._remember(proc)
