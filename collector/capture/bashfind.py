@@ -41,11 +41,18 @@ def initial_bash_paths(extra: tuple[str, ...] = ()) -> list[str]:
     return [p for p in (*DEFAULT_BASH_PATHS, *extra) if os.path.exists(p)]
 
 
+# A bash (statically linked readline included) is a few MiB. Scanning a huge executable
+# would page all of it into the collector and stall the capture loop meanwhile.
+MAX_BASH_BYTES = 64 << 20
+
+
 def looks_like_bash(path: str) -> bool:
     """A cheap byte scan first: only files naming both symbols get an ELF parse."""
     try:
         st = os.stat(path)
     except OSError:
+        return False
+    if st.st_size > MAX_BASH_BYTES:
         return False
     return _looks_like_bash(path, st.st_dev, st.st_ino, st.st_mtime_ns)
 

@@ -220,3 +220,18 @@ def test_a_pinned_file_outlives_its_path(tmp_path: Path) -> None:
         assert Path(pinned.path).read_bytes() == b"\x7fELF-not-really"
     finally:
         pinned.close()
+
+
+def test_a_huge_executable_is_not_scanned_for_bash(tmp_path: Path) -> None:
+    """A bash is a few MiB: a larger file is not paged in to be scanned (that stalled the
+    capture loop), even if it names readline and bash's marker."""
+    from collector.capture import bashfind
+
+    fake = tmp_path / "huge"
+    with open(fake, "wb") as fh:
+        fh.write(b"\x7fELF" + bashfind.READLINE_NAME + bashfind.BASH_MARKER)
+        fh.truncate(bashfind.MAX_BASH_BYTES + 1)
+    small = tmp_path / "small"
+    small.write_bytes(b"\x7fELF" + bashfind.READLINE_NAME + bashfind.BASH_MARKER)
+    assert bashfind.looks_like_bash(str(small)) is True
+    assert bashfind.looks_like_bash(str(fake)) is False
