@@ -75,8 +75,8 @@ def command_documents(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
             "@timestamp": _stamp(COMMANDS_DAY + i * 86_000 / count),
             "host": {"id": f"{i % 100:032x}", "name": f"db-{i % 100:02d}"},
             "event": {"sequence": 5_000_000 + i, "action": "exec", "outcome": "success"},
-            "user": {"id": "0", "name": "root", "effective": {"id": "0", "name": "root"},
-                     "audit": {"id": "1000", "name": "alice"}},
+            "user": {"id": "0", "name": "root", "effective": {"id": "0", "name": "root"}},
+            "audit_collector": {"login_user": {"id": "1000", "name": "alice"}},
             "process": {"pid": 1000 + i % 30000, "executable": "/usr/bin/systemctl",
                         "command_line": f"systemctl restart app-{i}"}}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from collector.capture.families import FAMILIES
 from collector.config import Config
 from collector.delivery.pipeline import Pipeline
 from collector.ecs.documents import events_lost_document
@@ -63,7 +64,8 @@ def test_a_clean_run_then_a_restart(tmp_path: Path) -> None:
     assert start["signing"] == "on" and len(start["public_key"]) == 44
     assert start["host_boot_time"] == host_boot_time()
     beat = docs[4]["audit_collector"]["heartbeat"]
-    assert beat["captured"] == {"exec": 3, "namespace": 0, "bash": 0}
+    assert beat["captured"] == {**{f.label: 0 for f in FAMILIES}, "exec": 3}
+    assert set(beat["captured"]) == {"exec", "namespace", "bash", "fork", "exit"}
     assert beat["spooled"] == 0 and beat["lost"] == 0  # no Elasticsearch output here
     assert docs[4]["event"]["kind"] == "metric"
     stop = docs[7]

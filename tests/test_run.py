@@ -55,7 +55,7 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         health = wait_healthy(port, proc)
-        assert health["families"] == ["exec", "namespaces", "bash"]
+        assert health["families"] == ["exec", "namespaces", "bash", "fork", "exit"]
         # What the Ansible role compares with the file it installed (tasks/verify.yml).
         assert health["config_digest"] == hashlib.sha256(cfg.read_bytes()).hexdigest()
         assert health["version"] == collector.__version__
@@ -74,12 +74,15 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
     assert [d["event"]["sequence"] for d in file_docs] == \
         [d["event"]["sequence"] for d in stdout_docs]
     mine = [d for d in file_docs if d.get("process", {}).get("args") == ["/bin/true", mark]]
-    assert len(mine) == 1
+    assert [d["event"]["action"] for d in mine] == ["exec", "end"]  # end carries the argv
+    assert mine[0]["process"]["entity_id"] == mine[1]["process"]["entity_id"]
     # The run's own documents frame it: start first, then detaches, stop and the checkpoint
     # that signs them.
     actions = [d["event"]["action"] for d in file_docs]
     assert actions[0] == "collector_start"
-    assert actions[-5:] == ["probe_detached"] * 3 + ["collector_stop", "checkpoint"]
+    detached = len(health["families"])
+    assert actions[-(detached + 2):] == ["probe_detached"] * detached + ["collector_stop",
+                                                                        "checkpoint"]
     signal_name = signal.Signals(stop_signal).name
     assert file_docs[-2]["audit_collector"]["collector"]["reason"] == f"signal {signal_name}"
     assert file_docs[0]["audit_collector"]["collector"]["families"] == health["families"]

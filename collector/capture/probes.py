@@ -23,7 +23,7 @@ from collector.capture import bashfind
 from collector.capture.btf import Btf
 from collector.capture.families import BASH, FAMILIES, Family, c_constants
 from collector.capture.hostns import detect_host_namespaces
-from collector.capture.malloc import release_free_heap
+from collector.capture.malloc import release_compiler_pages, release_free_heap
 from collector.capture.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 from collector.capture.settings import CaptureConfig
 
@@ -97,6 +97,7 @@ def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlin
         "MAX_ARGS": capture.max_args,
         "LINE_MAX_BYTES": capture.max_bash_line,
         **c_constants(),
+        **{f"FAMILY_{f.macro}": int(f in families) for f in FAMILIES},
     }
     cflags = offsets_as_cflags(report.values) + [f"-D{k}={v}" for k, v in constants.items()]
     cflags.append("-Wno-macro-redefined")
@@ -156,6 +157,7 @@ class Probes:
                 self.attach_bash(path)
         self.load_seconds = time.monotonic() - started
         release_free_heap()  # LLVM's compile-time heap: tens of MiB
+        release_compiler_pages()  # and its code: about 120 MiB of clean file pages
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -27,6 +27,8 @@ FIELDS = ["@timestamp", "host.name", "event.action", "event.outcome", "event.seq
           "process.executable", "message", "container.id", "audit_collector.bash.line",
           "audit_collector.tty", "audit_collector.session_id", "audit_collector.ns.kinds",
           "audit_collector.ns.target"]
+# Who logged in (auid), whatever uid the command ran as.
+LOGIN_USER = "audit_collector.login_user"
 SORT = [{"@timestamp": "asc"}, {"host.id": "asc"}, {"event.sequence": "asc"}]
 
 
@@ -40,10 +42,10 @@ def commands_query(period: Period, host: str | None, privileged: bool,
             "minimum_should_match": 1}})
     if users:
         wanted.append({"bool": {"filter": [commands], "should": [
-            {"terms": {"user.audit.name": users}}, {"terms": {"user.audit.id": users}}],
+            {"terms": {f"{LOGIN_USER}.name": users}}, {"terms": {f"{LOGIN_USER}.id": users}}],
             "minimum_should_match": 1}})
     wanted.append({"bool": {"filter": [{"terms": {"event.action": list(NAMESPACE_ACTIONS)}},
-                                       {"exists": {"field": "user.audit.id"}}]}})
+                                       {"exists": {"field": f"{LOGIN_USER}.id"}}]}})
     return base_query(period, host, {"bool": {"should": wanted, "minimum_should_match": 1}})
 
 
@@ -67,7 +69,7 @@ def command_row(src: dict[str, Any]) -> dict[str, Any]:
     target = get(src, "audit_collector.ns.target") or {}
     return {
         "time": src.get("@timestamp"), "host": get(src, "host.name"),
-        "login_user": _name(user.get("audit")), "user": _name(user),
+        "login_user": _name(get(src, LOGIN_USER)), "user": _name(user),
         "effective_user": _name(effective),
         "setuid": bool(effective) and effective.get("id") != user.get("id"),
         "action": action, "outcome": get(src, "event.outcome"), "command": command,

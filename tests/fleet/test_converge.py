@@ -75,6 +75,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, installed_collection: Install
             (fleet.prefix(name) / "lib" / "modules").mkdir(parents=True)
         fleet.group_vars.update(release.role_vars)
         fleet.group_vars["audit_collector_elasticsearch_hosts"] = [es.url]
+        fleet.group_vars["audit_collector_public_keys_file"] = str(fleet.root / "keys.txt")
         yield Site(fleet, installed_collection, release, es)
 
 
@@ -108,6 +109,18 @@ def test_first_converge(site: Site) -> None:
             capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
     assert not (site.fleet.prefix("h1") / "opt").exists()
+    assert_public_keys_collected(site)
+
+
+def assert_public_keys_collected(site: Site) -> None:
+    """tasks/keys.yml: the controller's file holds each installed host's own key line."""
+    lines = [line for line in (site.fleet.root / "keys.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    own = [subprocess.run(
+        [str(site.venv(host) / "bin" / "audit-collector"), "key", "--config",
+         str(site.fleet.prefix(host) / "etc/audit-collector/config.yml")],
+        capture_output=True, text=True, check=True).stdout.strip() for host in INSTALLED]
+    assert lines == own and all(" ed25519 " in line for line in lines)
 
 
 def test_second_converge_changes_nothing(site: Site) -> None:

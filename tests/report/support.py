@@ -95,7 +95,9 @@ class FakeCollector:
         doc["host"] = self.host.ecs()
         doc["process"]["command_line"] = f"systemctl restart app-{self.events}"
         doc["user"] = {"id": user, "name": "root" if user == "0" else f"user{user}",
-                       "effective": {"id": user}, "audit": {"id": "1000", "name": "alice"}}
+                       "effective": {"id": user}}
+        doc["audit_collector"] = {**doc.get("audit_collector", {}),
+                                  "login_user": {"id": "1000", "name": "alice"}}
         self.events += 1
         self.metrics.capture.events_captured.labels(kind="exec").inc()
         self.life.submit(doc)
