@@ -28,6 +28,7 @@ from collector.delivery.settings import (
     parse_output,
     parse_outputs,
 )
+from collector.delivery.statefiles import TextFileError, read_bounded_text
 from collector.ecs.settings import HostConfig
 
 MAX_FILE_BYTES = 1 << 20  # a configuration is a few KiB; anything bigger is a mistake
@@ -277,16 +278,9 @@ def load_config(path: Union[str, os.PathLike[str], None]) -> Config:
     if path is None:
         return config_from_mapping({})
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        text = read_bounded_text(path, MAX_FILE_BYTES, f"config file {path}")
+    except TextFileError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         data = _parse_yaml(text)
     except ConfigError as exc:

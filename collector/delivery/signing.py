@@ -33,7 +33,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from collector.delivery.statefiles import open_private_dir, read_file, replace_file
+from collector.delivery.statefiles import (
+    TextFileError,
+    open_private_dir,
+    read_bounded_text,
+    read_file,
+    replace_file,
+)
 
 KEY_FILE = "host.key"
 KEY_MAX_BYTES = 4096
@@ -180,14 +186,7 @@ def parse_public_keys(text: str, where: str) -> dict[str, list[str]]:
 
 def load_public_keys(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     try:
-        with open(path, "rb") as handle:
-            body = handle.read(PUBLIC_KEYS_MAX_BYTES + 1)
-    except OSError as exc:
-        raise SigningKeyError(f"cannot read {path}: {exc.strerror}") from None
-    if len(body) > PUBLIC_KEYS_MAX_BYTES:
-        raise SigningKeyError(f"{path}: larger than {PUBLIC_KEYS_MAX_BYTES} bytes")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SigningKeyError(f"{path}: not UTF-8 text") from None
+        text = read_bounded_text(path, PUBLIC_KEYS_MAX_BYTES)
+    except TextFileError as exc:
+        raise SigningKeyError(str(exc)) from None
     return parse_public_keys(text, str(path))

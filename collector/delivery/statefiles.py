@@ -112,3 +112,25 @@ def remove_stale_temps(dir_fd: int, name: str) -> None:
         if match and match.group("name") == name:
             with contextlib.suppress(OSError):
                 os.unlink(entry, dir_fd=dir_fd)
+
+
+class TextFileError(ValueError):
+    """A text file that cannot be used; the message is one line that names it."""
+
+
+def read_bounded_text(path: str | os.PathLike[str], max_bytes: int, label: str = "") -> str:
+    """A UTF-8 text file of at most `max_bytes`, read no further than that (a huge or
+    endless file, e.g. /dev/zero, is refused, not loaded). `label` names the file in the
+    messages ("config file /etc/...": default the path)."""
+    label = label or str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise TextFileError(f"cannot read {label}: {exc.strerror}") from None
+    if len(raw) > max_bytes:
+        raise TextFileError(f"{label}: larger than {max_bytes} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextFileError(f"{label}: not UTF-8 text (byte {exc.start})") from None

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from collector.delivery.statefiles import TextFileError, read_bounded_text
+
 MAX_BYTES = 16 << 20
 MAX_HOSTS = 1_000_000
 _RANGE_RE = re.compile(r"\[([^\[\]:]+):([^\[\]:]+)(?::(\d+))?\]")
@@ -123,15 +125,9 @@ def load_inventory(path: str) -> list[str]:
     """The inventory's host names, each once, in order of first appearance."""
     file = Path(path)
     try:
-        raw = file.read_bytes()[: MAX_BYTES + 1]
-    except OSError as exc:
-        raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from None
-    if len(raw) > MAX_BYTES:
-        raise InventoryError(f"inventory {path}: larger than {MAX_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InventoryError(f"inventory {path}: not UTF-8 text") from None
+        text = read_bounded_text(file, MAX_BYTES, f"inventory {path}")
+    except TextFileError as exc:
+        raise InventoryError(str(exc)) from None
     is_yaml = file.suffix in (".yml", ".yaml") or text.lstrip().startswith(("---", "all:"))
     hosts = parse_yaml(text, path) if is_yaml else parse_ini(text, path)
     if not hosts:
