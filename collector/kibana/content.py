@@ -133,6 +133,7 @@ def searches(on: frozenset[str]) -> list[dict[str, Any]]:
                ["host.name", "event.action", "audit_collector.lost.source",
                 "audit_collector.lost.reason", "audit_collector.lost.exec",
                 "audit_collector.lost.namespace", "audit_collector.lost.bash",
+                "audit_collector.lost.fork", "audit_collector.lost.exit",
                 "audit_collector.lost.documents", "audit_collector.lost.first_sequence",
                 "audit_collector.lost.last_sequence"]),
     ]
@@ -180,6 +181,8 @@ def visualizations(on: frozenset[str]) -> list[dict[str, Any]]:
                       [so.metric("sum", "audit_collector.lost.exec", "Exec"),
                        so.metric("sum", "audit_collector.lost.namespace", "Namespace"),
                        so.metric("sum", "audit_collector.lost.bash", "Bash"),
+                       so.metric("sum", "audit_collector.lost.fork", "Fork"),
+                       so.metric("sum", "audit_collector.lost.exit", "End"),
                        so.metric("sum", "audit_collector.lost.documents", "Documents"),
                        so.count("Reports")],
                       sort_by="count"),
