@@ -42,7 +42,8 @@ def _stamp(seconds: float) -> str:
 
 def host_documents(n: int, per_host: int) -> Iterator[tuple[str, dict[str, Any]]]:
     host = {"id": f"{n:032x}", "name": f"web-{n:04d}"}
-    deleted = range(5000, 5005) if n % 100 == 0 else range(0)
+    middle = per_host // 2  # planted wherever --per-host puts the day's end
+    deleted = range(middle, middle + 5) if n % 100 == 0 else range(0)
     silent = (36_000, 37_800) if n % 100 == 50 else (0, 0)
     beats = {60 * k for k in range(1, 1440)}
     events = per_host - 1 - len(beats)
