@@ -153,14 +153,13 @@ def test_missing_file_message(tmp_path: Path) -> None:
 
 
 @needs_btf
-def test_parse_time() -> None:
-    start = time.perf_counter()
+def test_a_fresh_load_resolves_every_offset() -> None:
+    # How long this takes is part of start-up, which bench/exec_storm measures (no timed
+    # unit tests: a busy machine would fail them).
     btf = Btf.load()
     assert btf.find_struct("task_struct") is not None  # includes the lazy name index
     report = resolve_offsets(btf)
-    elapsed = time.perf_counter() - start
     assert report.ok and report.values
-    assert elapsed < 1.0, f"BTF load + offsets took {elapsed:.3f}s"
 
 
 def test_known_layouts(btf: Btf) -> None:
