@@ -491,8 +491,12 @@ class CollectorToES(Collector):
             raise
 
     def stop(self) -> None:
-        super().stop()
+        self.stop_collector()
         self.server.stop()
+
+    def stop_collector(self) -> None:
+        """Stop the collector only; the server keeps what it stored, to be read back."""
+        super().stop()
 
     def _setup(self) -> None:
         """`audit-collector setup`: the collector refuses a stream without its template."""
