@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from collector.delivery.elasticsearch.client import _tls_options, build_client
 from collector.delivery.elasticsearch.index import setup_cluster
 from collector.delivery.elasticsearch.outcomes import classify_item
 from collector.delivery.elasticsearch.settings import ClusterConfigError
+from collector.delivery.elasticsearch.shipper import BULK_FILTER_PATH
 from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.spool import Spool
 from tests.delivery.elasticsearch.support import install_template
@@ -110,6 +112,9 @@ def test_bulk_body_uses_create_and_the_data_stream(server: ESTestServer, tmp_pat
     pipeline.close(30)
     bulks = [r for r in server.request_log if r.endpoint == "bulk"]
     assert bulks and all(r.path.startswith(f"/{DATA_STREAM}/_bulk") for r in bulks)
+    # Only errors and each item's status/error come back, not ~250 bytes per stored item.
+    queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(r.path).query) for r in bulks]
+    assert all(q["filter_path"] == [BULK_FILTER_PATH] for q in queries), queries
     assert server.counter("bulk.items.created") == 10  # create, not index
 
 
