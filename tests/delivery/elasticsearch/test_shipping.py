@@ -53,6 +53,9 @@ def test_every_document_stored_once_under_its_deterministic_id(
     assert metric(metrics, "audit_collector_shipped_documents_total") == 2500
     assert metric(metrics, "audit_collector_documents_total", output="elasticsearch") == 2500
     assert server.counter("bulk.items.created") == 2500
+    # Handed to the shipper in memory (the spool's fast path), not read back from disk.
+    assert metric(metrics, "audit_collector_spool_read_records_total", source="memory") == 2500
+    assert metric(metrics, "audit_collector_spool_read_records_total", source="disk") == 0
     assert metrics.es_reachable_state is True
     assert Spool(cfg.spool).pending() == (0, 0)
 
@@ -71,6 +74,7 @@ def test_replayed_records_are_409_duplicates_not_copies(
     replay.close(30)
     # The spool keeps its newest segment, so all 300 records are sent again: all 409.
     assert metric(metrics, "audit_collector_shipped_duplicates_total") == 300
+    assert metric(metrics, "audit_collector_spool_read_records_total", source="disk") == 300
     assert sorted(stored(server)) == sorted(run.ids)
 
 
