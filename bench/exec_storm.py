@@ -53,6 +53,7 @@ FEW_ARGS = ("few", 4, 16)  # /bin/true MARKER + 2 arguments of 16 bytes
 MANY_ARGS = ("20x120", 21, 120)  # /bin/true MARKER + 19 arguments of 120 bytes
 WAIT_TIMEOUT_S = 120.0
 EXPECTED_RATE = {1: 1950, 2: 3800}  # execs/s measured earlier on an idle machine of this kind
+PROFILED = ("collector_file", "collector_es")  # contenders py-spy samples, when installed
 
 
 def loads_for(quick: bool) -> list[Load]:
@@ -194,8 +195,8 @@ def run_session(tracer: Tracer, loadgen: Any, loads: list[Load], seconds: float,
             case["round"] = round_no
             if profiling is not None:
                 assert profiler is not None
-                profiler["result"] = profile.finish_recording(*profiling)
-                profiler["load"] = load.name
+                profiler["results"][tracer.name] = {
+                    "load": load.name, **profile.finish_recording(*profiling)}
             cases.append(case)
             print(_case_line(case), flush=True)
         info.update(_session_resources(tracer))
@@ -213,15 +214,17 @@ def run_session(tracer: Tracer, loadgen: Any, loads: list[Load], seconds: float,
 
 def _maybe_profile(tracer: Tracer, load: Load, seconds: float,
                    profiler: dict[str, Any] | None) -> tuple[Any, Path] | None:
-    """py-spy on the collector during its first full-rate (2 worker, few args) case."""
-    if profiler is None or "result" in profiler or tracer.name != "collector_file":
+    """py-spy on each collector contender during its first full-rate (2 worker, few args)
+    case."""
+    if (profiler is None or tracer.name not in PROFILED
+            or tracer.name in profiler["results"]):
         return None
     if load.workers != 2 or not load.name.startswith(FEW_ARGS[0]):
         return None
     pid = tracer.memory_pid()
     if pid is None:
         return None
-    out = Path(profiler["dir"]) / "collector-profile.txt"
+    out = Path(profiler["dir"]) / f"{tracer.name}-profile.txt"
     return profile.start_recording(profiler["py_spy"], pid, seconds, out), out
 
 
@@ -317,7 +320,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     unavailable = _preflight(order, missing)
     stages = _stage_costs(workdir, 1000 if args.quick else 5000)
     py_spy = profile.find_py_spy(args.py_spy)
-    profiler = {"py_spy": py_spy, "dir": str(workdir)} if py_spy else None
+    profiler = {"py_spy": py_spy, "dir": str(workdir), "results": {}} if py_spy else None
     cases, sessions = _rounds(args, order, available, loadgen, loads, unavailable, profiler)
     return _finish(args, host, loadgen_info, loads, order, cases, sessions, unavailable,
                    profiler, stages)
@@ -377,9 +380,9 @@ def _finish(args: argparse.Namespace, host: dict[str, Any], loadgen_info: dict[s
     print(summary_table(rows, unavailable))
     print()
     print(targets_table(targets))
-    profile_result = (profiler or {}).get("result")
-    if profile_result:
-        print(profile_table(profile_result))
+    profiles = (profiler or {}).get("results") or {}
+    for name, profiled in profiles.items():
+        print(profile_table(profiled, name))
     print("\ncollector user-space stages, in-process, us per exec event: "
           + ", ".join(f"{k} {v}" for k, v in stages.items()))
     result = {
@@ -397,8 +400,7 @@ def _finish(args: argparse.Namespace, host: dict[str, Any], loadgen_info: dict[s
         "collector_stage_us_per_event": stages,
         "summary": rows,
         "targets": [t.as_dict() for t in targets],
-        "profile": {"load": (profiler or {}).get("load"), **profile_result}
-        if profile_result else None,
+        "profiles": profiles or None,
         "cases": cases,
     }
     path = write_result("exec_storm", result, args.output)

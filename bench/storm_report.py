@@ -145,11 +145,15 @@ def _rss_target(coll: list[dict[str, Any]]) -> Target:
 
 
 
-def profile_table(result: dict[str, Any]) -> str:
+def profile_table(result: dict[str, Any], label: str = "collector") -> str:
     if "error" in result:
-        return f"py-spy: {result['error']}"
+        return f"py-spy ({label}): {result['error']}"
     rows = [[f["function"], f["share"]] for f in result["self"][:12]]
     incl = [[f["function"], f["share"]] for f in result["inclusive"][:12]]
+    threads = [[f["function"], f["share"]] for f in result.get("threads", [])]
     headers = ["function", "share"]
-    return ("\ncollector CPU by function (py-spy, self time):\n" + table(headers, rows)
-            + "\n\ninclusive:\n" + table(headers, incl))
+    text = (f"\n{label} CPU by function (py-spy, self time, {result.get('load')}):\n"
+            + table(headers, rows) + "\n\ninclusive:\n" + table(headers, incl))
+    if threads:
+        text += "\n\nby thread:\n" + table(["thread", "share"], threads)
+    return text

@@ -229,6 +229,11 @@ def test_profile_summary_shares() -> None:
     assert summary["samples"] == 10
     assert summary["self"][0] == {"function": "seal (chain.py)", "share": 0.6}
     assert {"function": "run (agent.py)", "share": 1.0} in summary["inclusive"]
+    threaded = summarize("thread (0x1a): MainThread;run (agent.py:1) 3\n"
+                         "thread (77): shipper;run (threading.py:9);send (shipper.py:4) 1\n")
+    assert threaded["threads"] == [{"function": "MainThread", "share": 0.75},
+                                   {"function": "shipper", "share": 0.25}]
+    assert threaded["self"][0] == {"function": "run (agent.py)", "share": 0.75}
 
 
 def test_table_formats_missing_values() -> None:
