@@ -40,6 +40,7 @@ from bench.procstat import (
     total_cpu_seconds,
 )
 from bench.report import (
+    RESULTS_DIR,
     announce_machine,
     now_iso,
     rounded,
@@ -224,7 +225,7 @@ def _maybe_profile(tracer: Tracer, load: Load, seconds: float,
     pid = tracer.memory_pid()
     if pid is None:
         return None
-    out = Path(profiler["dir"]) / f"{tracer.name}-profile.txt"
+    out = Path(profiler["dir"]) / f"exec_storm-{tracer.name}-profile.txt"
     return profile.start_recording(profiler["py_spy"], pid, seconds, out), out
 
 
@@ -320,7 +321,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     unavailable = _preflight(order, missing)
     stages = _stage_costs(workdir, 1000 if args.quick else 5000)
     py_spy = profile.find_py_spy(args.py_spy)
-    profiler = {"py_spy": py_spy, "dir": str(workdir), "results": {}} if py_spy else None
+    # The raw stacks are kept beside the result (flame graphs, a before/after diff).
+    profile_dir = Path(args.output).parent if args.output else RESULTS_DIR
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    profiler = {"py_spy": py_spy, "dir": str(profile_dir), "results": {}} if py_spy else None
     cases, sessions = _rounds(args, order, available, loadgen, loads, unavailable, profiler)
     return _finish(args, host, loadgen_info, loads, order, cases, sessions, unavailable,
                    profiler, stages)
