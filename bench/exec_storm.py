@@ -343,8 +343,8 @@ def _preflight(order: list[str], missing: dict[str, str]) -> dict[str, str]:
         unavailable["auditd"] = missing.get("auditd") or missing["auditctl"]
     bcc_reason = bcc_available()
     if bcc_reason:
-        for name in ("bcc", "collector_file", "collector_es"):
-            if name in order:
+        for name in order:
+            if name == "bcc" or name.startswith("collector"):
                 unavailable[name] = bcc_reason
     return unavailable
 

@@ -473,8 +473,10 @@ class ESRecorder(Recorder):
 class CollectorToES(Collector):
     """The collector shipping through its spool to the ES test server on loopback."""
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, "collector_es", "audit-collector -> ES (loopback)")
+    def __init__(self, workdir: Path, name: str = "collector_es",
+                 label: str = "audit-collector -> ES (loopback)",
+                 capture: dict[str, bool] | None = None) -> None:
+        super().__init__(workdir, name, label, capture)
         self.server = ESServer()
         self.quiet_s = 8.0  # batches wait up to batch.max_wait_s, retries back off
 
@@ -541,5 +543,7 @@ def all_tracers(workdir: Path) -> dict[str, Tracer]:
         Collector(workdir, "collector_file_exit", "audit-collector -> file, exit, no fork",
                   {"fork": False}),
         CollectorToES(workdir),
+        CollectorToES(workdir, "collector_es_exec_only", "audit-collector -> ES, no fork/exit",
+                      {"fork": False, "exit": False}),
     ]
     return {t.name: t for t in tracers}

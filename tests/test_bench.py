@@ -17,6 +17,7 @@ from bench.report import table
 from bench.soak import outage_starts
 from bench.soak_audit import Audit, Issued, bash_line, ns_marker
 from bench.soak_report import Outage, drains
+from bench.storm_report import es_targets
 from bench.tracers import parse_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +235,24 @@ def test_profile_summary_shares() -> None:
     assert threaded["threads"] == [{"function": "MainThread", "share": 0.75},
                                    {"function": "shipper", "share": 0.25}]
     assert threaded["self"][0] == {"function": "run (agent.py)", "share": 0.75}
+
+
+def test_es_targets_hold_in_every_load() -> None:
+    def row(tracer: str, load: str, cpu: float, **extra: Any) -> dict[str, Any]:
+        return {"tracer": tracer, "load": load, "cpu_s_per_1000_median": cpu,
+                "exec_cost_ratio": extra.get("cost"), "ratio_to_baseline": extra.get("ratio"),
+                "ratio_side_cpu_excluded": extra.get("excluded")}
+
+    file = [row("collector_file", "a", 0.080), row("collector_file", "b", 0.100)]
+    audit = [row("auditd", "a", 0.200), row("auditd", "b", 0.150)]
+    es = [row("collector_es", "a", 0.095, cost=1.01, ratio=0.93, excluded=0.96),
+          row("collector_es", "b", 0.125, cost=1.05, ratio=0.90, excluded=0.94)]
+    extra, half, cost, ratio = es_targets(file, es, audit)
+    assert (extra.met, extra.value) == (False, "a +15.0, b +25.0 us")
+    assert (half.met, half.value) == (False, "a 0.47x, b 0.83x")
+    assert (cost.met, ratio.met) == (False, False)
+    assert ratio.value == "a 0.960 (0.930), b 0.940 (0.900)"
+    assert es_targets(file, [], audit) == []
 
 
 def test_table_formats_missing_values() -> None:
