@@ -54,7 +54,8 @@ FEW_ARGS = ("few", 4, 16)  # /bin/true MARKER + 2 arguments of 16 bytes
 MANY_ARGS = ("20x120", 21, 120)  # /bin/true MARKER + 19 arguments of 120 bytes
 WAIT_TIMEOUT_S = 120.0
 EXPECTED_RATE = {1: 1950, 2: 3800}  # execs/s measured earlier on an idle machine of this kind
-PROFILED = ("collector_file", "collector_es")  # contenders py-spy samples, when installed
+# The contenders py-spy samples, when it is installed.
+PROFILED = ("collector_file", "collector_es", "collector_es_before")
 
 
 def loads_for(quick: bool) -> list[Load]:
@@ -286,6 +287,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracers", default="baseline,auditd,bcc,collector_file,collector_es",
                         help="comma-separated subset, in run order")
     parser.add_argument("--loadgen", choices=("auto", "c", "python"), default="auto")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout (e.g. git archive of an earlier commit): its "
+                             "collector runs as collector_file_before / collector_es_before")
     parser.add_argument("--py-spy", default=None,
                         help="py-spy binary (default: from PATH); profiles the collector")
     parser.add_argument("--output", type=Path, default=None, help="result JSON path")
@@ -313,7 +317,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     loadgen, loadgen_info = choose_loadgen(args.loadgen, workdir, 0.5 if args.quick else 2.0)
     print(f"load generator: {loadgen_info}", flush=True)
     loads = loads_for(args.quick)
-    available = all_tracers(workdir)
+    available = all_tracers(workdir, args.before)
     order = [n.strip() for n in args.tracers.split(",") if n.strip()]
     unknown = [n for n in order if n not in available]
     if unknown:
