@@ -101,10 +101,17 @@ class _GzipNode(Urllib3HttpNode):
         sent = HttpHeaders(headers or {})
         sent["accept-encoding"] = "gzip"
         if body:
-            # One pass: gzip.compress deflates, then runs a CRC pass and copies the result.
-            body = zlib.compress(body, self.gzip_level, wbits=GZIP_WBITS)
+            body = gzip_body(body, self.gzip_level)
             sent["content-encoding"] = "gzip"
         return super().perform_request(method, target, body=body, headers=sent, **kwargs)
+
+
+def gzip_body(body: bytes, level: int) -> bytes:
+    """A gzip stream in one zlib pass (gzip.compress deflates, then runs a CRC pass over
+    the body and copies the result); compressobj, since zlib.compress takes wbits only from
+    Python 3.11."""
+    deflater = zlib.compressobj(level, zlib.DEFLATED, GZIP_WBITS)
+    return deflater.compress(body) + deflater.flush()
 
 
 class _BulkBodySerializer(NdjsonSerializer):

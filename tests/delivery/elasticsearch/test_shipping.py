@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip as stdlib_gzip
 import io
 import os
 import subprocess
@@ -15,7 +16,7 @@ import orjson
 import pytest
 from elasticsearch import BadRequestError
 
-from collector.delivery.elasticsearch.client import _tls_options, build_client
+from collector.delivery.elasticsearch.client import _tls_options, build_client, gzip_body
 from collector.delivery.elasticsearch.index import setup_cluster
 from collector.delivery.elasticsearch.outcomes import classify_item
 from collector.delivery.elasticsearch.settings import ClusterConfigError
@@ -150,6 +151,13 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
         sizes[gzip] = sum(r.bytes_in for r in server.request_log if r.endpoint == "bulk")
         assert len(stored(server)) == 500
     assert sizes[True] * 3 < sizes[False]
+
+
+def test_gzip_bodies_are_standard_gzip_streams() -> None:
+    body = b'{"create":{"_id":"h-b-1"}}\n{"event":{"sequence":1}}\n' * 500
+    packed = gzip_body(body, 1)
+    assert packed[:2] == b"\x1f\x8b" and len(packed) < len(body) // 10
+    assert stdlib_gzip.decompress(packed) == body  # the header and CRC-32 trailer readers expect
 
 
 def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_path: Path) -> None:
