@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 # command -> Debian package providing it
 TOOLS = {"gcc": "gcc", "auditd": "auditd", "auditctl": "auditd"}
@@ -39,3 +44,29 @@ def bcc_available() -> str | None:
     except ImportError as exc:
         return f"python3-bpfcc missing ({exc}); apt-get install -y python3-bpfcc"
     return None
+
+
+def extra_requirements(extra: str, pyproject: Path = PYPROJECT) -> list[str]:
+    """The requirements of one optional-dependency group of pyproject.toml."""
+    import tomllib  # the bench runs on the system's Python 3.11 (BCC's), which has it
+
+    with open(pyproject, "rb") as handle:
+        project = tomllib.load(handle)["project"]
+    return list(project.get("optional-dependencies", {}).get(extra, []))
+
+
+def ensure_extra(extra: str, modules: list[str]) -> str | None:
+    """pip-install pyproject's `extra` group into this interpreter when one of `modules`
+    does not import; None when they all import (afterwards), else why not."""
+    if all(importlib.util.find_spec(m) is not None for m in modules):
+        return None
+    wanted = extra_requirements(extra)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                           "--disable-pip-version-check", *wanted],
+                          capture_output=True, text=True, check=False)
+    importlib.invalidate_caches()
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return f"{', '.join(missing)} missing and pip install {' '.join(wanted)} failed: {detail[0]}"

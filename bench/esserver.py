@@ -87,6 +87,18 @@ class ESServer:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
 
+    def down(self, seconds: float) -> None:
+        """The server stops listening for `seconds`, then comes back on the same port with
+        its data (the test server's /_test/down)."""
+        self.request("POST", "/_test/down", {"seconds": seconds})
+
+    def is_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
     def reset(self) -> None:
         """Forget every index and document (frees the server's memory between cases)."""
         self.request("POST", "/_test/reset")

@@ -40,6 +40,7 @@ from bench.procstat import (
     total_cpu_seconds,
 )
 from bench.report import (
+    RESULTS_DIR,
     announce_machine,
     now_iso,
     rounded,
@@ -53,6 +54,8 @@ FEW_ARGS = ("few", 4, 16)  # /bin/true MARKER + 2 arguments of 16 bytes
 MANY_ARGS = ("20x120", 21, 120)  # /bin/true MARKER + 19 arguments of 120 bytes
 WAIT_TIMEOUT_S = 120.0
 EXPECTED_RATE = {1: 1950, 2: 3800}  # execs/s measured earlier on an idle machine of this kind
+# The contenders py-spy samples, when it is installed.
+PROFILED = ("collector_file", "collector_es", "collector_es_before")
 
 
 def loads_for(quick: bool) -> list[Load]:
@@ -194,8 +197,8 @@ def run_session(tracer: Tracer, loadgen: Any, loads: list[Load], seconds: float,
             case["round"] = round_no
             if profiling is not None:
                 assert profiler is not None
-                profiler["result"] = profile.finish_recording(*profiling)
-                profiler["load"] = load.name
+                profiler["results"][tracer.name] = {
+                    "load": load.name, **profile.finish_recording(*profiling)}
             cases.append(case)
             print(_case_line(case), flush=True)
         info.update(_session_resources(tracer))
@@ -213,15 +216,17 @@ def run_session(tracer: Tracer, loadgen: Any, loads: list[Load], seconds: float,
 
 def _maybe_profile(tracer: Tracer, load: Load, seconds: float,
                    profiler: dict[str, Any] | None) -> tuple[Any, Path] | None:
-    """py-spy on the collector during its first full-rate (2 worker, few args) case."""
-    if profiler is None or "result" in profiler or tracer.name != "collector_file":
+    """py-spy on each collector contender during its first full-rate (2 worker, few args)
+    case."""
+    if (profiler is None or tracer.name not in PROFILED
+            or tracer.name in profiler["results"]):
         return None
     if load.workers != 2 or not load.name.startswith(FEW_ARGS[0]):
         return None
     pid = tracer.memory_pid()
     if pid is None:
         return None
-    out = Path(profiler["dir"]) / "collector-profile.txt"
+    out = Path(profiler["dir"]) / f"exec_storm-{tracer.name}-profile.txt"
     return profile.start_recording(profiler["py_spy"], pid, seconds, out), out
 
 
@@ -282,6 +287,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracers", default="baseline,auditd,bcc,collector_file,collector_es",
                         help="comma-separated subset, in run order")
     parser.add_argument("--loadgen", choices=("auto", "c", "python"), default="auto")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout (e.g. git archive of an earlier commit): its "
+                             "collector runs as collector_file_before / collector_es_before")
     parser.add_argument("--py-spy", default=None,
                         help="py-spy binary (default: from PATH); profiles the collector")
     parser.add_argument("--output", type=Path, default=None, help="result JSON path")
@@ -309,7 +317,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     loadgen, loadgen_info = choose_loadgen(args.loadgen, workdir, 0.5 if args.quick else 2.0)
     print(f"load generator: {loadgen_info}", flush=True)
     loads = loads_for(args.quick)
-    available = all_tracers(workdir)
+    available = all_tracers(workdir, args.before)
     order = [n.strip() for n in args.tracers.split(",") if n.strip()]
     unknown = [n for n in order if n not in available]
     if unknown:
@@ -317,7 +325,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     unavailable = _preflight(order, missing)
     stages = _stage_costs(workdir, 1000 if args.quick else 5000)
     py_spy = profile.find_py_spy(args.py_spy)
-    profiler = {"py_spy": py_spy, "dir": str(workdir)} if py_spy else None
+    # The raw stacks are kept beside the result (flame graphs, a before/after diff).
+    profile_dir = Path(args.output).parent if args.output else RESULTS_DIR
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    profiler = {"py_spy": py_spy, "dir": str(profile_dir), "results": {}} if py_spy else None
     cases, sessions = _rounds(args, order, available, loadgen, loads, unavailable, profiler)
     return _finish(args, host, loadgen_info, loads, order, cases, sessions, unavailable,
                    profiler, stages)
@@ -336,8 +347,8 @@ def _preflight(order: list[str], missing: dict[str, str]) -> dict[str, str]:
         unavailable["auditd"] = missing.get("auditd") or missing["auditctl"]
     bcc_reason = bcc_available()
     if bcc_reason:
-        for name in ("bcc", "collector_file", "collector_es"):
-            if name in order:
+        for name in order:
+            if name == "bcc" or name.startswith("collector"):
                 unavailable[name] = bcc_reason
     return unavailable
 
@@ -377,9 +388,9 @@ def _finish(args: argparse.Namespace, host: dict[str, Any], loadgen_info: dict[s
     print(summary_table(rows, unavailable))
     print()
     print(targets_table(targets))
-    profile_result = (profiler or {}).get("result")
-    if profile_result:
-        print(profile_table(profile_result))
+    profiles = (profiler or {}).get("results") or {}
+    for name, profiled in profiles.items():
+        print(profile_table(profiled, name))
     print("\ncollector user-space stages, in-process, us per exec event: "
           + ", ".join(f"{k} {v}" for k, v in stages.items()))
     result = {
@@ -397,8 +408,7 @@ def _finish(args: argparse.Namespace, host: dict[str, Any], loadgen_info: dict[s
         "collector_stage_us_per_event": stages,
         "summary": rows,
         "targets": [t.as_dict() for t in targets],
-        "profile": {"load": (profiler or {}).get("load"), **profile_result}
-        if profile_result else None,
+        "profiles": profiles or None,
         "cases": cases,
     }
     path = write_result("exec_storm", result, args.output)

@@ -64,12 +64,26 @@ class CLoadgen:
         self.binary = binary
 
     def run(self, load: Load, seconds: float, marker: str) -> LoadResult:
+        return self.finish(self.start(load, seconds, marker), seconds)
+
+    def start(self, load: Load, seconds: float, marker: str, rate: float = 0.0,
+              numbered: bool = False) -> subprocess.Popen[str]:
+        """The load in the background. rate > 0: paced to that many execs/s in all;
+        numbered: each exec's marker is MARKER-N (N = 0, 1, ... across the workers)."""
         env = {"ACB_MARKER": marker, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        if numbered:
+            env["ACB_NUMBERED"] = "1"
         argv = [str(self.binary), f"{seconds}", str(load.workers), str(load.nargs),
-                str(load.arg_bytes)]
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True,
-                             timeout=seconds + 60)
-        execs, failures, elapsed = out.stdout.split()
+                str(load.arg_bytes), f"{rate}"]
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def finish(proc: subprocess.Popen[str], seconds: float) -> LoadResult:
+        out, err = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+        execs, failures, elapsed = out.split()
         return LoadResult(int(execs), int(failures), float(elapsed))
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from bench.loadgen import Load
 from bench.report import Target, median, rounded, table
 
 FULL_RATE_SUFFIX = "/2w"
+ES_EXTRA_US_MAX = 20.0  # issue 14: CPU per event shipping to ES <= the file output's + 20 us
 
 
 def summarize(cases: list[dict[str, Any]], sessions: dict[str, list[dict[str, Any]]],
@@ -25,6 +27,7 @@ def _summary_row(name: str, load: Load, mine: list[dict[str, Any]], cases: list[
                  sessions: list[dict[str, Any]]) -> dict[str, Any]:
     base_cases = [c for c in cases if c["tracer"] == "baseline" and c["load"] == load.name]
     rate = median([c["rate"] for c in mine])
+    rate_without_side = median([_rate_without_side(c) for c in mine])
     base_rate = median([c["rate"] for c in base_cases])
     load_cpu = median([c["load_cpu_us_per_exec"] for c in mine
                        if c.get("load_cpu_us_per_exec") is not None])
@@ -41,6 +44,8 @@ def _summary_row(name: str, load: Load, mine: list[dict[str, Any]], cases: list[
         "rounds": len(mine),
         "rate_median": rounded(rate, 1),
         "ratio_to_baseline": rounded(rate / base_rate, 3) if rate and base_rate else None,
+        "ratio_side_cpu_excluded": rounded(rate_without_side / base_rate, 3)
+        if rate_without_side and base_rate and any(c["side_cpu_s"] for c in mine) else None,
         "load_cpu_us_per_exec_median": rounded(load_cpu, 1),
         "exec_cost_ratio": rounded(load_cpu / base_load_cpu, 3)
         if load_cpu and base_load_cpu else None,
@@ -57,6 +62,16 @@ def _summary_row(name: str, load: Load, mine: list[dict[str, Any]], cases: list[
         "rss_mib_median": rounded(median(rss), 1),
         "side_cpu_s": _sum_side(mine),
     }
+
+
+def _rate_without_side(case: dict[str, Any]) -> float | None:
+    """The rate had the side processes' CPU (the ES test server) not been taken from the
+    machine: execs over the elapsed time less their CPU time spread over every CPU. An
+    estimate for a load that keeps every CPU busy; what pinning the server to a core of
+    its own would show on a machine with one to spare."""
+    side = sum(case["side_cpu_s"].values())
+    usable = case["elapsed_s"] - side / (os.cpu_count() or 1)
+    return case["execs"] / usable if case["execs"] and usable > 0 else None
 
 
 def _sum_side(cases: list[dict[str, Any]]) -> dict[str, float]:
@@ -91,7 +106,7 @@ def evaluate_targets(rows: list[dict[str, Any]], startup: list[float]) -> list[T
 
     coll, audit = pick("collector_file"), pick("auditd")
     targets = [_loss_target(coll), _ratio_target(coll, audit), _cpu_target(coll, audit),
-               _rss_target(coll)]
+               _rss_target(coll), *es_targets(coll, pick("collector_es"), audit)]
     start = median(startup)
     targets.append(Target("collector start-up (to /health probes_attached)", "< 3 s",
                           f"{start:.2f} s (median of {len(startup)})" if start else "-",
@@ -134,6 +149,43 @@ def _cpu_target(coll: list[dict[str, Any]], audit: list[dict[str, Any]]) -> Targ
     return Target("collector CPU per 1000 execs", "< auditd's", text + " cpu-s", met)
 
 
+def es_targets(file: list[dict[str, Any]], es: list[dict[str, Any]],
+               audit: list[dict[str, Any]]) -> list[Target]:
+    """Issue 14's targets for the Elasticsearch output, every load."""
+    if not es:
+        return []
+    by_load = {r["load"]: r for r in file}
+    audit_cpu = {r["load"]: r["cpu_s_per_1000_median"] for r in audit}
+    extra = [(r["load"], 1000 * (r["cpu_s_per_1000_median"]
+                                 - by_load[r["load"]]["cpu_s_per_1000_median"]))
+             for r in es if r["cpu_s_per_1000_median"] is not None
+             and by_load.get(r["load"], {}).get("cpu_s_per_1000_median") is not None]
+    halves = [(r["load"], r["cpu_s_per_1000_median"], audit_cpu[r["load"]]) for r in es
+              if r["cpu_s_per_1000_median"] is not None and audit_cpu.get(r["load"])]
+    cost = [(r["load"], r["exec_cost_ratio"]) for r in es if r["exec_cost_ratio"]]
+    ratios = [(r["load"], r["ratio_to_baseline"], r["ratio_side_cpu_excluded"]) for r in es
+              if r["ratio_to_baseline"] is not None]
+    return [
+        _each("ES CPU per event - file's", f"<= {ES_EXTRA_US_MAX:g} us",
+              [(load, f"{us:+.1f}", us <= ES_EXTRA_US_MAX) for load, us in extra], " us"),
+        _each("ES CPU per event vs auditd's", "<= half",
+              [(load, f"{c / a:.2f}x", c <= a / 2) for load, c, a in halves], ""),
+        _each("ES exec cost (load's CPU per exec / baseline's)", "<= 1.03",
+              [(load, f"{c:.3f}", c <= 1.03) for load, c in cost], ""),
+        _each("ES throughput ratio, server CPU excluded (as measured)", ">= 0.95",
+              [(load, f"{x:.3f} ({r:.3f})" if x is not None else f"- ({r:.3f})",
+                x is not None and x >= 0.95) for load, r, x in ratios], ""),
+    ]
+
+
+def _each(name: str, goal: str, per_load: list[tuple[str, str, bool]], unit: str) -> Target:
+    """A target that must hold in every load."""
+    if not per_load:
+        return Target(name, goal, "-", None)
+    text = ", ".join(f"{load} {value}" for load, value, _ in per_load) + unit
+    return Target(name, goal, text, all(ok for _, _, ok in per_load))
+
+
 def _rss_target(coll: list[dict[str, Any]]) -> Target:
     peaks = [r["peak_rss_mib_max"] for r in coll if r["peak_rss_mib_max"] is not None]
     anon = [r["anon_mib_median"] for r in coll if r["anon_mib_median"] is not None]
@@ -145,11 +197,15 @@ def _rss_target(coll: list[dict[str, Any]]) -> Target:
 
 
 
-def profile_table(result: dict[str, Any]) -> str:
+def profile_table(result: dict[str, Any], label: str = "collector") -> str:
     if "error" in result:
-        return f"py-spy: {result['error']}"
+        return f"py-spy ({label}): {result['error']}"
     rows = [[f["function"], f["share"]] for f in result["self"][:12]]
     incl = [[f["function"], f["share"]] for f in result["inclusive"][:12]]
+    threads = [[f["function"], f["share"]] for f in result.get("threads", [])]
     headers = ["function", "share"]
-    return ("\ncollector CPU by function (py-spy, self time):\n" + table(headers, rows)
-            + "\n\ninclusive:\n" + table(headers, incl))
+    text = (f"\n{label} CPU by function (py-spy, self time, {result.get('load')}):\n"
+            + table(headers, rows) + "\n\ninclusive:\n" + table(headers, incl))
+    if threads:
+        text += "\n\nby thread:\n" + table(["thread", "share"], threads)
+    return text

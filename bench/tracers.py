@@ -365,9 +365,12 @@ class Collector(OwnProcessTracer):
 
     def __init__(self, workdir: Path, name: str = "collector_file",
                  label: str = "audit-collector -> file",
-                 capture: dict[str, bool] | None = None) -> None:
+                 capture: dict[str, bool] | None = None, tree: Path | None = None) -> None:
+        """tree: run the collector package of another checkout (an earlier commit, for a
+        before/after comparison in one run) with this venv."""
         super().__init__(name, label, workdir)
         self.capture = capture or {}
+        self.env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._port = 0
         self._out = workdir / f"{name}.ndjson"
@@ -394,7 +397,8 @@ class Collector(OwnProcessTracer):
             argv += ["--output", output]
         started = time.monotonic()
         with open(self._err, "wb") as err:
-            self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+            self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
+                                          env=self.env)
         self._wait_ready(started)
 
     def _wait_ready(self, started: float) -> None:
@@ -473,8 +477,10 @@ class ESRecorder(Recorder):
 class CollectorToES(Collector):
     """The collector shipping through its spool to the ES test server on loopback."""
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, "collector_es", "audit-collector -> ES (loopback)")
+    def __init__(self, workdir: Path, name: str = "collector_es",
+                 label: str = "audit-collector -> ES (loopback)",
+                 capture: dict[str, bool] | None = None, tree: Path | None = None) -> None:
+        super().__init__(workdir, name, label, capture, tree)
         self.server = ESServer()
         self.quiet_s = 8.0  # batches wait up to batch.max_wait_s, retries back off
 
@@ -491,15 +497,20 @@ class CollectorToES(Collector):
             raise
 
     def stop(self) -> None:
-        super().stop()
+        self.stop_collector()
         self.server.stop()
+
+    def stop_collector(self) -> None:
+        """Stop the collector only; the server keeps what it stored, to be read back."""
+        super().stop()
 
     def _setup(self) -> None:
         """`audit-collector setup`: the collector refuses a stream without its template."""
         if not COLLECTOR.exists():
             raise Unavailable(f"{COLLECTOR} missing (make setup)")
         proc = subprocess.run([str(COLLECTOR), "setup", "--output", *self.outputs()],
-                              capture_output=True, text=True, timeout=60, check=False)
+                              capture_output=True, text=True, timeout=60, check=False,
+                              env=self.env)
         if proc.returncode != 0:
             raise Unavailable(f"audit-collector setup failed: {proc.stderr.strip()[:400]}")
 
@@ -523,7 +534,9 @@ class CollectorToES(Collector):
         return self.metrics().get("audit_collector_spool_records", 0.0) > 0
 
 
-def all_tracers(workdir: Path) -> dict[str, Tracer]:
+def all_tracers(workdir: Path, before: Path | None = None) -> dict[str, Tracer]:
+    """before: another checkout whose collector runs as collector_file_before and
+    collector_es_before (the same loads, interleaved with the others in every round)."""
     tracers: list[Tracer] = [
         Baseline("baseline", "nothing tracing", workdir),
         Auditd(workdir),
@@ -537,5 +550,12 @@ def all_tracers(workdir: Path) -> dict[str, Tracer]:
         Collector(workdir, "collector_file_exit", "audit-collector -> file, exit, no fork",
                   {"fork": False}),
         CollectorToES(workdir),
+        CollectorToES(workdir, "collector_es_exec_only", "audit-collector -> ES, no fork/exit",
+                      {"fork": False, "exit": False}),
     ]
+    if before is not None:
+        tracers += [Collector(workdir, "collector_file_before", f"file, collector of {before}",
+                              tree=before),
+                    CollectorToES(workdir, "collector_es_before", f"ES, collector of {before}",
+                                  tree=before)]
     return {t.name: t for t in tracers}

@@ -40,6 +40,11 @@ class DeliveryMetrics:
         self.spool_dropped = Counter("audit_collector_spool_dropped",
                                      "Records the spool dropped, by reason.", ["reason"],
                                      registry=r)
+        self.spool_reads = Counter(
+            "audit_collector_spool_read_records",
+            "Records the shipper took from the spool, by source: memory (handed over as "
+            "appended) or disk (a backlog older than memory holds, or after a restart).",
+            ["source"], registry=r)
         self.spool_corrupt_bytes = Counter(
             "audit_collector_spool_corrupt_bytes",
             "Bytes skipped at open: torn tails and corrupt regions of segment files.",

@@ -12,7 +12,7 @@ import pytest
 from collector.delivery.loss import DroppedRange
 from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.settings import SpoolConfig
-from collector.delivery.spool import Spool
+from collector.delivery.spool import MEMORY_BYTES, Spool
 
 PAYLOAD = b'{"event":{"sequence":%d},"pad":"' + b"p" * 200 + b'"}'
 
@@ -62,9 +62,11 @@ class Drops:
         return runs
 
 
-def open_spool(cfg: SpoolConfig) -> tuple[Spool, Drops, DeliveryMetrics]:
+def open_spool(cfg: SpoolConfig, memory_bytes: int = MEMORY_BYTES
+               ) -> tuple[Spool, Drops, DeliveryMetrics]:
+    """memory_bytes=0: every batch is read back from disk (no memory fast path)."""
     drops, metrics = Drops(), DeliveryMetrics()
-    return Spool(cfg, drops, metrics), drops, metrics
+    return Spool(cfg, drops, metrics, memory_bytes=memory_bytes), drops, metrics
 
 
 def sample(metrics: DeliveryMetrics, name: str, **labels: str) -> float:

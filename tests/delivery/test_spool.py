@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.delivery.spool import HEADER_SIZE, Spool
+from collector.delivery.metrics import DeliveryMetrics
+from collector.delivery.spool import HEADER_SIZE, MEMORY_BYTES, Record, Spool, scan_segment
 from tests.delivery.spool_support import (
     PAYLOAD,
     fill,
@@ -45,8 +46,16 @@ def test_restart_resumes_at_first_unacknowledged_record(tmp_path: Path) -> None:
     assert len(segments(tmp_path)) == 1  # acknowledged segments are deleted
 
 
-def test_records_are_invisible_to_the_shipper_until_flushed(tmp_path: Path) -> None:
-    spool = Spool(spool_cfg(tmp_path))
+# Live reading: from memory (the fast path), from disk only, and from both (a memory that
+# holds only the newest ~2 KiB of documents, so that reads move from disk to memory).
+READ_PATHS = pytest.mark.parametrize("memory_bytes", [MEMORY_BYTES, 0, 2048],
+                                     ids=["memory", "disk", "disk-then-memory"])
+
+
+@READ_PATHS
+def test_records_are_invisible_to_the_shipper_until_flushed(tmp_path: Path,
+                                                            memory_bytes: int) -> None:
+    spool = Spool(spool_cfg(tmp_path), memory_bytes=memory_bytes)
     spool.append(1, "id-1", b"{}")
     assert spool.read_batch(10, 1 << 20) == []
     spool.flush()
@@ -83,9 +92,12 @@ def test_flipped_byte_in_older_segment_reports_the_unreadable_range(tmp_path: Pa
     assert not set(seqs) & lost
 
 
-def test_drop_oldest_reports_exact_runs_and_spares_the_batch_in_flight(tmp_path: Path) -> None:
+@READ_PATHS
+def test_drop_oldest_reports_exact_runs_and_spares_the_batch_in_flight(
+    tmp_path: Path, memory_bytes: int
+) -> None:
     spool, drops, metrics = open_spool(spool_cfg(tmp_path, max_bytes=64 << 10,
-                                                 segment_bytes=16 << 10))
+                                                 segment_bytes=16 << 10), memory_bytes)
     fill(spool, 1, 100)
     in_flight = spool.read_batch(10, 1 << 20)  # pins the oldest segment
     results = fill(spool, 101, 600)
@@ -158,11 +170,13 @@ def test_start_on_a_full_disk_refuses_then_recovers(tmp_path: Path) -> None:
         spool.close()
 
 
-def test_a_batch_cut_by_bytes_never_skips_the_rest_of_its_segment(tmp_path: Path) -> None:
+@READ_PATHS
+def test_a_batch_cut_by_bytes_never_skips_the_rest_of_its_segment(tmp_path: Path,
+                                                                 memory_bytes: int) -> None:
     """Regression: a batch that hit its byte budget inside one segment went on to take a
     smaller record from the next segment, and its ack moved the cursor past the records
     left in between: acknowledged, never shipped (found by bench.exec_storm)."""
-    spool = Spool(spool_cfg(tmp_path, segment_bytes=4 << 10))
+    spool = Spool(spool_cfg(tmp_path, segment_bytes=4 << 10), memory_bytes=memory_bytes)
     big, small = b"b" * 2000, b"s" * 100
     for seq, data in enumerate([big, big, small, big, big], start=1):
         spool.append(seq, f"id-{seq}", data)
@@ -175,16 +189,18 @@ def test_a_batch_cut_by_bytes_never_skips_the_rest_of_its_segment(tmp_path: Path
     assert read_all(spool) == [2, 3, 4, 5]
 
 
+@READ_PATHS
 def test_concurrent_appends_and_byte_cut_batches_ship_every_record_once(
-    tmp_path: Path,
+    tmp_path: Path, memory_bytes: int
 ) -> None:
     """Writer and reader race across many rotations with batches cut by count and by bytes;
     every sequence comes out exactly once, in order, and the spool ends empty."""
-    spool = Spool(spool_cfg(tmp_path, segment_bytes=8 << 10, max_bytes=64 << 20))
+    spool = Spool(spool_cfg(tmp_path, segment_bytes=8 << 10, max_bytes=64 << 20),
+                  memory_bytes=memory_bytes)
     rng = random.Random(7)
     total, shipped = 6000, []
     done = threading.Event()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a safety net: a loaded machine takes 10-40 s
 
     def reader() -> None:
         reader_rng = random.Random(11)
@@ -204,7 +220,7 @@ def test_concurrent_appends_and_byte_cut_batches_ship_every_record_once(
             spool.flush()
     spool.flush()
     done.set()
-    thread.join(30)
+    thread.join(90)
     assert not thread.is_alive()
     assert shipped == list(range(1, total + 1))
     assert spool.pending() == (0, 0)
@@ -218,3 +234,71 @@ def test_ack_refuses_a_batch_with_a_hole(tmp_path: Path) -> None:
         spool.ack([batch[0], batch[2]])
     assert spool.pending()[0] == 5
     assert read_all(spool) == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- memory fast path
+
+
+def reads(metrics: DeliveryMetrics) -> tuple[float, float]:
+    """(records read from memory, records read from disk)."""
+    return (sample(metrics, "audit_collector_spool_read_records_total", source="memory"),
+            sample(metrics, "audit_collector_spool_read_records_total", source="disk"))
+
+
+def on_disk(path: Path) -> list[Record]:
+    return [item for seg in segments(path)
+            for item in scan_segment(seg.read_bytes(), int(seg.name[4:16]))
+            if isinstance(item, Record)]
+
+
+def test_live_batches_come_from_memory_as_they_are_on_disk(tmp_path: Path) -> None:
+    spool, _, metrics = open_spool(spool_cfg(tmp_path, segment_bytes=8 << 10))
+    fill(spool, 1, 120)  # several segments
+    batch = spool.read_batch(1000, 1 << 20)
+    assert batch == on_disk(tmp_path)  # same segment, offsets, sequence, id and bytes
+    assert reads(metrics) == (120, 0)
+    spool.ack(batch)
+    fill(spool, 121, 130)
+    assert read_all(spool) == list(range(121, 131))
+    assert reads(metrics) == (130, 0)
+
+
+def test_after_a_restart_the_backlog_is_read_from_disk_then_memory_takes_over(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(spool_cfg(tmp_path))
+    fill(spool, 1, 300)
+    spool.ack(spool.read_batch(100, 1 << 20))
+    spool.close()
+    again, _, metrics = open_spool(spool_cfg(tmp_path))
+    fill(again, 301, 350)
+    assert read_all(again) == list(range(101, 351))
+    assert reads(metrics) == (50, 200)  # what the last process wrote comes from disk
+
+
+def test_a_backlog_larger_than_memory_is_read_from_disk_up_to_what_memory_holds(
+    tmp_path: Path,
+) -> None:
+    record = len(PAYLOAD % 100)
+    spool, drops, metrics = open_spool(spool_cfg(tmp_path), memory_bytes=20 * record)
+    fill(spool, 1, 100)  # nothing read meanwhile (an outage)
+    shipped = []
+    while batch := spool.read_batch(10, 1 << 20):
+        shipped.extend(r.seq for r in batch)
+        spool.ack(batch)
+    assert shipped == list(range(1, 101))
+    assert reads(metrics) == (20, 80)
+    assert drops.take() == [] and spool.pending() == (0, 0)
+
+
+def test_records_in_memory_are_shipped_intact_when_their_file_is_damaged(
+    tmp_path: Path,
+) -> None:
+    """The memory copy is the record as written; damage on disk after that (which a disk
+    read would skip and report lost) loses nothing while memory still holds it."""
+    spool, drops, _ = open_spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
+    fill(spool, 1, 50)
+    rewrite(segments(tmp_path)[0], lambda raw: raw.__setitem__(slice(HEADER_SIZE, 900),
+                                                               b"\xee" * (900 - HEADER_SIZE)))
+    assert read_all(spool) == list(range(1, 51))
+    assert drops.take() == []

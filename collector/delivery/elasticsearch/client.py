@@ -20,10 +20,10 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 import re
 import urllib.parse
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +41,7 @@ from collector.delivery.elasticsearch.settings import (
 
 _COMPAT_RE = re.compile(r"compatible-with=\d+")
 CLIENT_LOGGERS = ("elastic_transport", "elasticsearch", "urllib3")
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip stream (header and CRC-32 trailer), not zlib's
 
 
 def quiet_client_logging(verbose: bool | None = None) -> None:
@@ -100,9 +101,17 @@ class _GzipNode(Urllib3HttpNode):
         sent = HttpHeaders(headers or {})
         sent["accept-encoding"] = "gzip"
         if body:
-            body = gzip.compress(body, compresslevel=self.gzip_level)
+            body = gzip_body(body, self.gzip_level)
             sent["content-encoding"] = "gzip"
         return super().perform_request(method, target, body=body, headers=sent, **kwargs)
+
+
+def gzip_body(body: bytes, level: int) -> bytes:
+    """A gzip stream in one zlib pass (gzip.compress deflates, then runs a CRC pass over
+    the body and copies the result); compressobj, since zlib.compress takes wbits only from
+    Python 3.11."""
+    deflater = zlib.compressobj(level, zlib.DEFLATED, GZIP_WBITS)
+    return deflater.compress(body) + deflater.flush()
 
 
 class _BulkBodySerializer(NdjsonSerializer):

@@ -51,7 +51,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from elastic_transport import TransportError
@@ -92,6 +92,10 @@ CONTROL_FRESH_S = 2.0  # an accepted body this recent proves the server takes sm
 LARGEST_ACCEPTED_TTL_S = 600.0  # how long an accepted body size counts as evidence
 CONTROL_BODY = b"\n"  # a bulk body without an action: answered 400, stores nothing
 CREDENTIALS_RECHECK_S = 10.0  # after a 401, re-read the key file at most this often
+# Only what `_settle` reads: a stored item shrinks to {"create":{"status":201}}. Every item
+# keeps its status, so items stay in request order (Elasticsearch drops objects a filter
+# empties: with "items.*.error" alone, the failed items could not be matched to records).
+BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
 
 MESSAGES = {
     "unauthorized": "Elasticsearch rejects the collector's credentials ({detail}); shipping "
@@ -121,6 +125,11 @@ class _TooLarge(Exception):
 
 class _BadResponse(Exception):
     """A bulk response that does not answer each item; retried like a server error."""
+
+
+class _BulkAnswer(NamedTuple):
+    all_stored: bool  # "errors": false
+    items: list[dict[str, Any]]
 
 
 def bulk_body(records: list[Record]) -> bytes:
@@ -365,12 +374,13 @@ class Shipper:
         rounds = 0
         while pending:
             try:
-                items = self._send(pending)
+                answer = self._send(pending)
             except _TooLarge as exc:
                 return self._deliver_too_large(pending, exc.body_bytes)
             except _Stopping:
                 return False
-            pending = self._settle(pending, items)
+            pending = (self._settle_all_stored(pending) if answer.all_stored
+                       else self._settle(pending, answer.items))
             if not pending:
                 self._note_success()
                 return True
@@ -440,7 +450,7 @@ class Shipper:
 
     # ------------------------------------------------------------------ requests
 
-    def _send(self, records: list[Record]) -> list[dict[str, Any]]:
+    def _send(self, records: list[Record]) -> _BulkAnswer:
         body = bulk_body(records)
         retrying = Retrying(
             retry=retry_if_exception(_retriable),
@@ -476,12 +486,13 @@ class Shipper:
         if error_class == "unauthorized":
             self._reload_credentials()
 
-    def _bulk_once(self, body: bytes, count: int) -> list[dict[str, Any]]:
+    def _bulk_once(self, body: bytes, count: int) -> _BulkAnswer:
         if self._stop.is_set():
             raise _Stopping
         started = time.monotonic()
         try:
-            response = self._client.bulk(index=self._index, operations=body)
+            response = self._client.bulk(index=self._index, operations=body,
+                                         filter_path=BULK_FILTER_PATH)
         except ApiError as exc:
             self._metrics.set_reachable(True)
             if exc.meta.status == TOO_LARGE:
@@ -492,11 +503,12 @@ class Shipper:
             raise
         self._metrics.bulk_latency.observe(time.monotonic() - started)
         self._metrics.set_reachable(True)
-        items = response.body.get("items") if isinstance(response.body, dict) else None
+        answer = response.body if isinstance(response.body, dict) else {}
+        items = answer.get("items")
         if not isinstance(items, list) or len(items) != count:
             raise _BadResponse("bulk response does not list every item")
         self._accepted.accepted(len(body))
-        return items
+        return _BulkAnswer(answer.get("errors") is False, items)
 
     def _reload_credentials(self) -> None:
         """Use the credentials the configuration names now, if they changed since."""
@@ -529,6 +541,17 @@ class Shipper:
                      last_class)
 
     # ------------------------------------------------------------------ item outcomes
+
+    def _settle_all_stored(self, records: list[Record]) -> list[Record]:
+        """"errors": false: every item was stored (a 409 counts as an error), so no item
+        needs looking at."""
+        self._settled.update(rec.id for rec in records)
+        if self._too_large_strikes:
+            for rec in records:
+                self._too_large_strikes.pop(rec.id, None)
+        self._metrics.shipped.inc(len(records))
+        self._metrics.documents.labels(output="elasticsearch").inc(len(records))
+        return []
 
     def _settle(self, records: list[Record], items: list[dict[str, Any]]) -> list[Record]:
         """Count and settle each item; the records to retry."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip as stdlib_gzip
 import io
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +16,11 @@ import orjson
 import pytest
 from elasticsearch import BadRequestError
 
-from collector.delivery.elasticsearch.client import _tls_options, build_client
+from collector.delivery.elasticsearch.client import _tls_options, build_client, gzip_body
 from collector.delivery.elasticsearch.index import setup_cluster
 from collector.delivery.elasticsearch.outcomes import classify_item
 from collector.delivery.elasticsearch.settings import ClusterConfigError
+from collector.delivery.elasticsearch.shipper import BULK_FILTER_PATH
 from collector.delivery.metrics import DeliveryMetrics
 from collector.delivery.spool import Spool
 from tests.delivery.elasticsearch.support import install_template
@@ -51,6 +54,9 @@ def test_every_document_stored_once_under_its_deterministic_id(
     assert metric(metrics, "audit_collector_shipped_documents_total") == 2500
     assert metric(metrics, "audit_collector_documents_total", output="elasticsearch") == 2500
     assert server.counter("bulk.items.created") == 2500
+    # Handed to the shipper in memory (the spool's fast path), not read back from disk.
+    assert metric(metrics, "audit_collector_spool_read_records_total", source="memory") == 2500
+    assert metric(metrics, "audit_collector_spool_read_records_total", source="disk") == 0
     assert metrics.es_reachable_state is True
     assert Spool(cfg.spool).pending() == (0, 0)
 
@@ -69,6 +75,7 @@ def test_replayed_records_are_409_duplicates_not_copies(
     replay.close(30)
     # The spool keeps its newest segment, so all 300 records are sent again: all 409.
     assert metric(metrics, "audit_collector_shipped_duplicates_total") == 300
+    assert metric(metrics, "audit_collector_spool_read_records_total", source="disk") == 300
     assert sorted(stored(server)) == sorted(run.ids)
 
 
@@ -110,6 +117,9 @@ def test_bulk_body_uses_create_and_the_data_stream(server: ESTestServer, tmp_pat
     pipeline.close(30)
     bulks = [r for r in server.request_log if r.endpoint == "bulk"]
     assert bulks and all(r.path.startswith(f"/{DATA_STREAM}/_bulk") for r in bulks)
+    # Only errors and each item's status/error come back, not ~250 bytes per stored item.
+    queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(r.path).query) for r in bulks]
+    assert all(q["filter_path"] == [BULK_FILTER_PATH] for q in queries), queries
     assert server.counter("bulk.items.created") == 10  # create, not index
 
 
@@ -141,6 +151,13 @@ def test_gzip_bodies_are_sent_when_configured(server: ESTestServer, tmp_path: Pa
         sizes[gzip] = sum(r.bytes_in for r in server.request_log if r.endpoint == "bulk")
         assert len(stored(server)) == 500
     assert sizes[True] * 3 < sizes[False]
+
+
+def test_gzip_bodies_are_standard_gzip_streams() -> None:
+    body = b'{"create":{"_id":"h-b-1"}}\n{"event":{"sequence":1}}\n' * 500
+    packed = gzip_body(body, 1)
+    assert packed[:2] == b"\x1f\x8b" and len(packed) < len(body) // 10
+    assert stdlib_gzip.decompress(packed) == body  # the header and CRC-32 trailer readers expect
 
 
 def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_path: Path) -> None:

@@ -82,6 +82,34 @@ def test_bulk_item_shapes(srv: ESTestServer, es: Elasticsearch) -> None:
     assert resp["errors"] is False
 
 
+def test_bulk_filter_path_keeps_only_the_named_fields(srv: ESTestServer,
+                                                      es: Elasticsearch) -> None:
+    """Response filtering as Elasticsearch documents it: `*` matches one key, objects and
+    arrays the filter empties are left out (so a fully stored bulk asked only for errors
+    answers {"errors": false})."""
+    def create(doc_id: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"create": {"_index": "f", "_id": doc_id}}, doc]
+
+    stored = es.bulk(operations=create("1", {"n": 1}) + create("2", {"n": 2}),
+                     filter_path="errors,items.*.status,items.*.error")
+    assert stored.body == {"errors": False,
+                           "items": [{"create": {"status": 201}}, {"create": {"status": 201}}]}
+    mixed = es.bulk(operations=create("1", {"n": 1}) + create("3", {"n": "x"})
+                    + create("4", {"n": 4}),
+                    filter_path="errors,items.*.status,items.*.error.type")
+    assert mixed.body == {"errors": True, "items": [
+        {"create": {"status": 409, "error": {"type": "version_conflict_engine_exception"}}},
+        {"create": {"status": 400, "error": {"type": "document_parsing_exception"}}},
+        {"create": {"status": 201}}]}
+    only_errors = es.bulk(operations=create("5", {"n": 5}), filter_path="errors,items.*.error")
+    assert only_errors.body == {"errors": False}
+    failed_only = es.bulk(operations=create("5", {"n": 5}) + create("6", {"n": 6}),
+                          filter_path="items.*.error.reason")
+    assert failed_only.body == {"items": [{"create": {"error": {
+        "reason": "[5]: version conflict, document already exists (current version [1])"}}}]}
+    assert srv.doc_count("f") == 5  # 1, 2, 4, 5, 6
+
+
 def test_bulk_requires_trailing_newline_and_valid_actions(srv: ESTestServer) -> None:
     hdr = {"Content-Type": "application/x-ndjson"}
     status, _, body = raw(srv, "POST", "/_bulk",
