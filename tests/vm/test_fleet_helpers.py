@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tests.vm.test_fleet import RELEASES, FleetSpec, failure_messages, fleet_specs, play_recap
+from tests.vm.test_fleet import (
+    RELEASES,
+    FleetSpec,
+    failure_messages,
+    fleet_specs,
+    play_recap,
+    previous_unsupported,
+)
 
 ANSIBLE_OUTPUT = "\n".join([
     "TASK [Preflight | Stop on hosts that cannot run the collector] *****",
@@ -44,3 +51,14 @@ def test_recap_and_failure_messages() -> None:
         "localhost": ["non-zero return code: ERROR: Package 'audit-collector' requires a "
                       "different Python"],
     }
+
+
+def test_previous_version_unsupported_only_for_its_python() -> None:
+    """An upgrade needs the old version running: a release whose Python it refused is
+    installed fresh, any other failure of the old rollout is one."""
+    failures = {
+        "ac-mixed-1": ["audit-collector cannot run on ac-mixed-1: /usr/bin/python3 is 3.9, "
+                       "the collector needs Python >= 3.11"],
+        "ac-mixed-2": ["Install | Install the wheel set: non-zero return code"],
+    }
+    assert previous_unsupported(failures) == {"ac-mixed-1": failures["ac-mixed-1"][0]}
