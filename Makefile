@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 	@scripts/setup-host.sh
+	@scripts/fetch-ecs.sh
 
 # BCC's Python binding is Debian's, so the venv sees the system site-packages.
 $(STAMP): pyproject.toml

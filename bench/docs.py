@@ -58,9 +58,12 @@ def _who(n: int, namespaces: dict[str, int], cgroup: tuple[int, bytes], comm: by
     ns = tuple(namespaces.get(kind, 0) for kind in NS_KINDS)
     interactive = n % 3 == 0
     uid = 1000 if interactive else 0
+    start_ns = 10_000_000 * (100_000 + n)
     return Who(
         ktime_ns=time.monotonic_ns(), pid=20000 + n, tid=20000 + n, ppid=1500 + n % 7,
-        vpid=20000 + n, uid=uid, euid=uid, gid=uid, egid=uid,
+        vpid=20000 + n, start_ns=start_ns, parent_start_ns=10_000_000 * (1000 + n % 7),
+        pgid=20000 + n, pgid_start_ns=start_ns, sid=1500 + n % 7,
+        sid_start_ns=10_000_000 * (1000 + n % 7), uid=uid, euid=uid, gid=uid, egid=uid,
         auid=1000 if interactive else None, sessionid=3 if interactive else None,
         tty=("pts0", 136, 0) if interactive else None, ns=ns,
         comm=comm, cgroup_id=cgroup[0], cgroup_name=cgroup[1],
@@ -75,7 +78,7 @@ def exec_event(n: int, namespaces: dict[str, int], cgroup: tuple[int, bytes]) ->
         who=_who(n, namespaces, cgroup, b"bash" if n % 3 == 0 else b"cron"),
         syscall="execve", retval=0, filename=args[0], args=args, argc=len(args),
         args_truncated=False, args_captured_bytes=sum(len(a) + 1 for a in args),
-        args_fault=False, exe=_file_identity(argv[0]),
+        args_fault=False, exe=_file_identity(argv[0]), script=False,
     )
 
 

@@ -102,4 +102,6 @@ class ESServer:
             raise
 
     def count_marker(self, marker: str) -> int:
-        return self.count({"term": {"process.args": marker}})
+        """Exec documents of the load (end documents carry the process's args too)."""
+        return self.count({"bool": {"filter": [{"term": {"process.args": marker}},
+                                               {"term": {"event.action": "exec"}}]}})

@@ -14,13 +14,15 @@ def file_size(path: Path) -> int:
 
 
 class LineCounter:
-    """Counts complete lines (appended since `start`) that contain any of the patterns.
+    """Counts complete lines (appended since `start`) that contain any of the patterns (a
+    pattern may be a tuple of byte strings: a line must contain all of them).
 
     Reads only what was appended since the previous call, so polling a growing file while
     a tracer catches up stays cheap.
     """
 
-    def __init__(self, path: Path, patterns: dict[str, bytes], start: int | None = None,
+    def __init__(self, path: Path, patterns: dict[str, bytes | tuple[bytes, ...]],
+                 start: int | None = None,
                  line_prefix: bytes = b"") -> None:
         self.path = path
         self.patterns = patterns
@@ -35,7 +37,8 @@ class LineCounter:
                 if not line.startswith(self.line_prefix):
                     continue
                 for name, pattern in self.patterns.items():
-                    if pattern in line:
+                    needles = pattern if isinstance(pattern, tuple) else (pattern,)
+                    if all(needle in line for needle in needles):
                         self.counts[name] += 1
         return dict(self.counts)
 

@@ -43,7 +43,8 @@ class Recorder(ABC):
 
 
 class FileRecorder(Recorder):
-    def __init__(self, path: Path, pattern: bytes, line_prefix: bytes = b"") -> None:
+    def __init__(self, path: Path, pattern: bytes | tuple[bytes, ...],
+                 line_prefix: bytes = b"") -> None:
         self._counter = LineCounter(path, {"hit": pattern}, line_prefix=line_prefix)
 
     def recorded(self) -> int:
@@ -359,11 +360,14 @@ READY_RE = re.compile(r"ready in ([0-9.]+) s")
 
 
 class Collector(OwnProcessTracer):
-    """`audit-collector run` with every probe family on, writing NDJSON to a file."""
+    """`audit-collector run` writing NDJSON to a file: every probe family on, or the
+    `capture` switches given (e.g. {"fork": False, "exit": False})."""
 
     def __init__(self, workdir: Path, name: str = "collector_file",
-                 label: str = "audit-collector -> file") -> None:
+                 label: str = "audit-collector -> file",
+                 capture: dict[str, bool] | None = None) -> None:
         super().__init__(name, label, workdir)
+        self.capture = capture or {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._port = 0
         self._out = workdir / f"{name}.ndjson"
@@ -380,8 +384,10 @@ class Collector(OwnProcessTracer):
         self._port = free_port()
         config = self.workdir / f"{self.name}.yaml"
         state = self.workdir / f"{self.name}-state"
+        switches = ", ".join(f"{k}: {str(v).lower()}" for k, v in self.capture.items())
         config.write_text(f"state_dir: {state}\n"
                           f"spool: {{dir: {state}/spool}}\n"
+                          f"capture: {{{switches}}}\n"
                           f"metrics: {{listen: 127.0.0.1:{self._port}}}\n")
         argv = [str(COLLECTOR), "run", "--config", str(config)]
         for output in self.outputs():
@@ -432,7 +438,9 @@ class Collector(OwnProcessTracer):
             self.ready_logged_s = float(found[-1])
 
     def recorder(self, marker: str) -> Recorder:
-        return FileRecorder(self._out, f'"args":["{PROGRAM}","{marker}"'.encode())
+        # Exec documents only: end documents of the same process carry its args too.
+        return FileRecorder(self._out, (b'"action":"exec"',
+                                        f'"args":["{PROGRAM}","{marker}"'.encode()))
 
     def counters(self) -> dict[str, float]:
         values = self.metrics()
@@ -521,6 +529,13 @@ def all_tracers(workdir: Path) -> dict[str, Tracer]:
         Auditd(workdir),
         BccTracer(workdir),
         Collector(workdir),
+        # The process families' cost, one switch at a time (Collector has both on).
+        Collector(workdir, "collector_file_exec_only", "audit-collector -> file, no fork/exit",
+                  {"fork": False, "exit": False}),
+        Collector(workdir, "collector_file_fork", "audit-collector -> file, fork, no exit",
+                  {"exit": False}),
+        Collector(workdir, "collector_file_exit", "audit-collector -> file, exit, no fork",
+                  {"fork": False}),
         CollectorToES(workdir),
     ]
     return {t.name: t for t in tracers}

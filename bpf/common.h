@@ -13,8 +13,16 @@
  * and from the families table (collector/capture/families.py), which also declares every
  * record struct below field by field (a test compares them with what BCC compiles):
  *   KIND_*, LOST_*, LOST_SLOTS, SYSCALL_*, NEW_NS_FLAGS, map sizes (PENDING_EXECS,
- *   NS_PENDING), TASK_COMM_LEN, TTY_NAME_LEN, CGROUP_NAME_LEN, UTS_LEN, FILENAME_LEN
+ *   NS_PENDING), TASK_COMM_LEN, TTY_NAME_LEN, CGROUP_NAME_LEN, UTS_LEN, FILENAME_LEN,
+ *   FAMILY_* (1 for each family compiled in, else 0)
  */
+
+#ifndef PIDTYPE_PGID_ID
+#define PIDTYPE_PGID_ID 2
+#endif
+#ifndef PIDTYPE_SID_ID
+#define PIDTYPE_SID_ID 3
+#endif
 
 /* pt_regs (for the uretprobe's return value) is the user-space ABI register frame. */
 #include <uapi/linux/ptrace.h>
@@ -49,6 +57,12 @@ struct ns_set {
 struct identity {
     u64 ktime_ns;
     u64 cgroup_id;         /* kernfs id of the reported cgroup */
+    /* Process start times (CLOCK_BOOTTIME ns, what /proc/PID/stat's starttime counts in
+     * ticks): with the pid they name a process across pid reuse. 0: that process is gone. */
+    u64 start_ns;          /* this process (its thread-group leader) */
+    u64 parent_start_ns;
+    u64 pgid_start_ns;     /* the process group leader */
+    u64 sid_start_ns;      /* the session leader */
     u32 pid;               /* tgid, init pid namespace */
     u32 tid;
     u32 ppid;
@@ -58,6 +72,8 @@ struct identity {
     u32 sessionid;         /* (u32)-1 when unset */
     u32 tty_major, tty_minor;
     s32 tty_index;         /* -1: no controlling tty */
+    u32 pgid;              /* process group id, init pid namespace */
+    u32 sid;               /* session id (the session leader's pid), init pid namespace */
     u32 pad0;
     struct ns_set ns;
     char comm[TASK_COMM_LEN];
@@ -167,27 +183,68 @@ static __always_inline void read_creds(char *task, struct identity *id)
 #endif
 }
 
-/* Everything that says who did it and where, read from the current task. */
-static __always_inline void fill_identity(struct identity *id)
+/* When the process `task` belongs to started: its thread-group leader's start. */
+static __always_inline u64 process_start(char *task)
 {
-    char *task = (char *)bpf_get_current_task();
-    u64 pid_tgid = bpf_get_current_pid_tgid();
+    char *leader = KPTR(task, OFF_TASK_STRUCT_GROUP_LEADER);
+    return KREAD(u64, leader ? leader : task, OFF_TASK_STRUCT_START_BOOTTIME);
+}
+
+/* The number of a struct pid in the initial pid namespace. */
+static __always_inline u32 pid_number(char *pid)
+{
+    return KREAD(u32, pid, OFF_PID_NUMBERS + OFF_UPID_NR);
+}
+
+/* The start of the process a process-group or session id names (its leader, whose pid it
+ * is): the task attached to that struct pid as its PID, if it still exists. */
+static __always_inline u64 leader_start(char *pid)
+{
+    char *first = KPTR(pid, OFF_PID_TASKS);  /* tasks[PIDTYPE_PID].first */
+    if (!first)
+        return 0;
+    return process_start(first - OFF_TASK_STRUCT_PID_LINKS);
+}
+
+static __always_inline void read_leaders(char *task, struct identity *id)
+{
+    char *signal = KPTR(task, OFF_TASK_STRUCT_SIGNAL);
+    char *pgrp = KPTR(signal, OFF_SIGNAL_STRUCT_PIDS + PIDTYPE_PGID_ID * sizeof(void *));
+    char *session = KPTR(signal, OFF_SIGNAL_STRUCT_PIDS + PIDTYPE_SID_ID * sizeof(void *));
+    id->pgid = pid_number(pgrp);
+    id->pgid_start_ns = leader_start(pgrp);
+    id->sid = pid_number(session);
+    id->sid_start_ns = leader_start(session);
+}
+
+/* Everything that says who did it and where, read from a task (the current one, or a
+ * child just forked). */
+static __always_inline void fill_identity_of(char *task, struct identity *id)
+{
     id->ktime_ns = bpf_ktime_get_ns();
-    id->pid = pid_tgid >> 32;
-    id->tid = (u32)pid_tgid;
+    id->pid = KREAD(u32, task, OFF_TASK_STRUCT_TGID);
+    id->tid = KREAD(u32, task, OFF_TASK_STRUCT_PID);
+    id->start_ns = process_start(task);
     char *parent = KPTR(task, OFF_TASK_STRUCT_REAL_PARENT);
     id->ppid = KREAD(u32, parent, OFF_TASK_STRUCT_TGID);
+    id->parent_start_ns = process_start(parent);
+    read_leaders(task, id);
     id->vpid = read_vpid(task);
     read_creds(task, id);
     read_namespaces(task, &id->ns);
     read_tty(task, id);
     read_cgroup(task, id);
-    bpf_get_current_comm(id->comm, sizeof(id->comm));
+    bpf_probe_read_kernel_str(id->comm, sizeof(id->comm), task + OFF_TASK_STRUCT_COMM);
     if (id->ns.uts != HOST_UTS_INUM) {
         char *uts = KPTR(KPTR(task, OFF_TASK_STRUCT_NSPROXY), OFF_NSPROXY_UTS_NS);
         bpf_probe_read_kernel_str(id->uts_name, sizeof(id->uts_name),
                                   uts + OFF_UTS_NAMESPACE_NODENAME);
     }
+}
+
+static __always_inline void fill_identity(struct identity *id)
+{
+    fill_identity_of((char *)bpf_get_current_task(), id);
 }
 
 /* Wake user space once every WAKEUP_EVENTS records per CPU; in between, the collector's

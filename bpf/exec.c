@@ -1,9 +1,20 @@
 /* exec: every execve/execveat, successful or not, with a bounded argv.
  *
- * sys_enter_* stashes the filename and argv per thread; the event is completed and emitted
- * either by sched_process_exec (success: the new image and credentials are in place; its
- * old_pid argument finds the stash even when a non-leader thread exec'd) or by sys_exit_*
- * with a negative return (failure). One record per exec, sized to what was captured.
+ * sys_enter_* stashes the filename and the argv pointer per thread; the event is completed
+ * and emitted either by sched_process_exec (success: the new image and credentials are in
+ * place; its old_pid argument finds the stash even when a non-leader thread exec'd) or by
+ * sys_exit_* with a negative return (failure). One record per exec, sized to what was
+ * captured.
+ *
+ * Where argv comes from: on success, from the new image (mm->arg_start..arg_end), which
+ * the kernel has just written to the new stack, so it is resident: what /proc/PID/cmdline
+ * and auditd's EXECVE record show, in one read. The caller's memory is no good source:
+ * after fork() a child's pages (string literals in .rodata) are often not mapped yet, and
+ * a BPF read cannot fault them in. For a `#!` script the new image's argv is the
+ * interpreter's: [interpreter, its optional argument, script path, argv[1:]...]. On
+ * failure there is no new image: argv is read from the caller's memory at syscall exit
+ * (what the kernel read on the way has been faulted in by then); a read that still fails
+ * is flagged (args_fault) and counted.
  */
 
 struct exec_event {
@@ -17,7 +28,9 @@ struct exec_event {
     u32 exe_dev;           /* kernel dev_t of the executable's filesystem (success only) */
     u64 exe_ino;           /* the executable's inode number (success only) */
     u32 exe_gen;           /* its i_generation: tells a reused inode number apart */
-    u32 exe_pad;
+    u32 script;            /* a `#!` script: the image is its interpreter (success only) */
+    u64 argv_addr;         /* the caller's argv and filename pointers, for a failed */
+    u64 filename_addr;     /* exec's reads at syscall exit */
     struct identity id;
     char filename[FILENAME_LEN];
     /* ARGS_BUF is ARGS_LIMIT rounded up to a power of two: offsets are masked with it, and
@@ -96,9 +109,36 @@ static __always_inline int exec_enter(u32 syscall, const char *filename,
         return 0;
     e->kind = KIND_EXEC;
     e->syscall = syscall;
+    e->argv_addr = (u64)argv;
+    e->filename_addr = (u64)filename;
     bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
-    read_argv(e, argv);
     return 0;
+}
+
+/* argv of the new image: NUL-separated strings between mm->arg_start and arg_end. */
+static __always_inline void read_image_argv(struct exec_event *e)
+{
+    char *mm = KPTR((char *)bpf_get_current_task(), OFF_TASK_STRUCT_MM);
+    u64 start = KREAD(u64, mm, OFF_MM_STRUCT_ARG_START);
+    u64 end = KREAD(u64, mm, OFF_MM_STRUCT_ARG_END);
+    if (!start || end <= start) {
+        e->args_fault = 1;
+        return;
+    }
+    u64 len = end - start;
+    if (len > ARGS_LIMIT) {
+        len = ARGS_LIMIT;
+        e->args_truncated = 1;
+    }
+    /* Keep the bound visible to the verifier right before the use. */
+    asm volatile("" : "+r"(len));
+    if (len > ARGS_BUF)
+        return;
+    if (bpf_probe_read_user(e->args, len, (void *)start) < 0) {
+        e->args_fault = 1;
+        return;
+    }
+    e->args_len = len;
 }
 
 static __always_inline void exec_emit(struct exec_event *e, s32 retval)
@@ -128,10 +168,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         return 0;
     char *bprm = (char *)ctx->args[2];
     s32 argc = KREAD(s32, bprm, OFF_LINUX_BINPRM_ARGC);
-    if (argc > (s32)e->argc)
-        e->args_truncated = 1;
     if (argc >= 0)
         e->argc = argc;
+    read_image_argv(e);
+    /* binfmt_script points bprm->interp at the interpreter; otherwise it is the filename. */
+    e->script = KPTR(bprm, OFF_LINUX_BINPRM_INTERP) != KPTR(bprm, OFF_LINUX_BINPRM_FILENAME);
     if (!e->filename[0]) {
         /* execveat(fd, "", ..., AT_EMPTY_PATH): the kernel names it /dev/fd/N. */
         char *name = KPTR(bprm, OFF_LINUX_BINPRM_FILENAME);
@@ -153,8 +194,14 @@ static __always_inline int exec_exit(long ret)
     struct exec_event *e = exec_pending.lookup(&tid);
     if (!e)
         return 0;
-    if (ret < 0)
+    if (ret < 0) {
+        /* getname() has faulted the filename in by now, and with it any argument on the
+         * same page: read again what entry could not. */
+        if (!e->filename[0])
+            bpf_probe_read_user_str(e->filename, sizeof(e->filename), (void *)e->filename_addr);
+        read_argv(e, (const char *const *)e->argv_addr);
         exec_emit(e, (s32)ret);
+    }
     exec_pending.delete(&tid);
     return 0;
 }

@@ -20,19 +20,25 @@ struct ns_event {
 };
 
 BPF_TABLE("lru_hash", u32, struct ns_event, ns_pending, NS_PENDING);
+/* The record is built here before it is stashed: too big for the BPF stack. */
+BPF_PERCPU_ARRAY(ns_scratch, struct ns_event, 1);
 
 static __always_inline int ns_enter(u32 syscall, s32 fd, u64 flags)
 {
     if (is_self())
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct ns_event e = {};
-    e.kind = KIND_NS;
-    e.syscall = syscall;
-    e.fd = fd;
-    e.flags = flags;
-    read_namespaces((char *)bpf_get_current_task(), &e.before);
-    ns_pending.update(&tid, &e);
+    u32 key = 0;
+    struct ns_event *e = ns_scratch.lookup(&key);
+    if (!e)
+        return 0;
+    __builtin_memset(e, 0, sizeof(*e));
+    e->kind = KIND_NS;
+    e->syscall = syscall;
+    e->fd = fd;
+    e->flags = flags;
+    read_namespaces((char *)bpf_get_current_task(), &e->before);
+    ns_pending.update(&tid, e);
     return 0;
 }
 
@@ -103,14 +109,22 @@ TRACEPOINT_PROBE(syscalls, sys_exit_clone3)
 }
 
 /* The child exists here with its new namespaces: args are (parent, child). */
-RAW_TRACEPOINT_PROBE(sched_process_fork)
+static __always_inline void ns_on_fork(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct ns_event *e = ns_pending.lookup(&tid);
     if (!e || (e->syscall != SYSCALL_CLONE && e->syscall != SYSCALL_CLONE3))
-        return 0;
+        return;
     char *child = (char *)ctx->args[1];
     e->child_pid = KREAD(u32, child, OFF_TASK_STRUCT_PID);
     read_namespaces(child, &e->after);
+}
+
+#if !FAMILY_FORK
+/* Without the fork family, whose program calls ns_on_fork, the tracepoint is ours. */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    ns_on_fork(ctx);
     return 0;
 }
+#endif

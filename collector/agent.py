@@ -20,12 +20,15 @@ from collector.capture.hostns import detect_host_namespaces
 from collector.capture.probes import Probes
 from collector.capture.records import BashEvent, DecodeError, ExecEvent, decode
 from collector.config import Config
-from collector.ecs.documents import Doc, DocumentBuilder
+from collector.ecs.documents import DataStream, Doc, DocumentBuilder, host_process_table
 from collector.ecs.enrichment import Enrichment
 from collector.ecs.host import HostInfo
+from collector.ecs.processes import ProcessTable
 from collector.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+BASH_CHECK_POLL_MS = 2
 
 
 class DocumentSink(Protocol):
@@ -33,6 +36,11 @@ class DocumentSink(Protocol):
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None: ...
     def tick(self) -> None: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+def data_stream(cfg: Config) -> DataStream:
+    """data_stream.* of every document: the Elasticsearch data stream they belong to."""
+    return DataStream(cfg.elasticsearch.dataset, cfg.elasticsearch.namespace)
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Agent:
     on_ready: Callable[[Agent], None] | None = None
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _builder: DocumentBuilder | None = None
+    _processes: ProcessTable | None = None
     _bash: BashTracker | None = None
 
     def start(self) -> None:
@@ -54,11 +63,18 @@ class Agent:
         self.probes.load()
         host_ns = detect_host_namespaces()
         assert self.probes.spec is not None
-        self._builder = DocumentBuilder(
-            self.host, Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount))
+        enrich = Enrichment.of_host(host_ns, self.probes.spec.cgroup_mount)
+        table = host_process_table(self.host, enrich, self.cfg.capture.max_processes,
+                                   self.metrics.capture.processes_evicted.inc)
+        self._builder = DocumentBuilder(self.host, enrich, data_stream(self.cfg), table)
+        self._processes = table
+        # Probes are attached: what starts from now on is recorded; what runs already
+        # is entered from /proc, so its events join their sessions too.
+        seeded = table.seed()
         if BASH.name in self.probes.families:
             self._bash = BashTracker(self.probes, self.cfg.capture.follow_new_bash,
-                                     on_unreadable=self.metrics.capture.bash_unchecked.inc)
+                                     on_unreadable=self.metrics.capture.bash_unchecked.inc,
+                                     on_deferred=self.metrics.capture.bash_deferred.inc)
         self._captured = {f.label: self.metrics.capture.events_captured.labels(kind=f.label)
                           for f in FAMILIES}
         self.probes.open(self._on_record)
@@ -67,8 +83,8 @@ class Agent:
         self._count_bash_probes()
         self.metrics.probes_attached = True
         self.metrics.families = list(self.probes.families)
-        log.info("probes attached in %.2f s: %s", self.probes.load_seconds,
-                 ", ".join(self.probes.families))
+        log.info("probes attached in %.2f s: %s; %d running processes entered",
+                 self.probes.load_seconds, ", ".join(self.probes.families), seeded)
 
     def run(self) -> None:
         """Capture until stop() (or SIGINT/SIGTERM when installed), then flush."""
@@ -79,7 +95,12 @@ class Agent:
         next_housekeeping = 0.0
         try:
             while not self.stop_event.is_set():
-                self.probes.poll(interval)
+                # A bash being checked off this thread is probed as soon as it is known:
+                # its first line may come within milliseconds.
+                checking = self._bash is not None and self._bash.checking
+                self.probes.poll(BASH_CHECK_POLL_MS if checking else interval)
+                if checking:
+                    self._follow_bash_results()
                 # Wake-ups come every few dozen events in a storm; housekeeping (loss
                 # counters, flushes) runs on the poll interval, not per wake-up.
                 now = time.monotonic()
@@ -87,6 +108,8 @@ class Agent:
                     next_housekeeping = now + interval / 1000
                     self._report_losses()
                     self.sink.tick()
+                    if self._processes is not None:
+                        self.metrics.capture.processes_tracked.set(len(self._processes))
             self.probes.poll(0)  # what the kernel wrote before we were told to stop
             self._report_losses()
         finally:
@@ -104,7 +127,7 @@ class Agent:
 
     def _on_record(self, data: bytes) -> None:
         try:
-            event = decode(data)
+            event = decode(data, self.cfg.capture.max_args)
         except DecodeError as exc:
             self.metrics.capture.decode_errors.inc()
             log.warning("undecodable record: %s", exc)
@@ -113,6 +136,8 @@ class Agent:
         if isinstance(event, BashEvent) and not self._is_bash(event.who.pid):
             return
         self._captured[kind].inc()
+        if isinstance(event, ExecEvent) and event.args_fault:
+            self.metrics.capture.args_unread.inc()
         assert self._builder is not None
         try:
             doc = self._builder.build(event)
@@ -123,6 +148,10 @@ class Agent:
         self.sink.submit(doc)
         if isinstance(event, ExecEvent) and event.retval == 0:
             self._follow_bash(event)
+
+    def _follow_bash_results(self) -> None:
+        if self._bash is not None and self._bash.poll():
+            self._count_bash_probes()
 
     def _follow_bash(self, event: ExecEvent) -> None:
         """Probe bash binaries that start running but are not probed yet."""

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
-    from collector.agent import Agent
+    from collector.agent import Agent, data_stream
     from collector.capture.malloc import keep_large_buffers_mmapped
     from collector.capture.probes import ProbeError
     from collector.delivery.pipeline import Pipeline
@@ -165,7 +165,8 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         server.start()
     try:
-        pipeline = Pipeline(cfg, host, functools.partial(events_lost_document, host),
+        pipeline = Pipeline(cfg, host, functools.partial(events_lost_document, host,
+                                                           stream=data_stream(cfg)),
                             start_shipping=False, metrics=metrics.delivery)
     except (OSError, *SETTINGS_ERRORS) as exc:
         print(f"audit-collector: cannot open the outputs: {exc}", file=sys.stderr)

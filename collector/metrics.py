@@ -43,6 +43,21 @@ class CaptureMetrics:
             "audit_collector_bash_follow_unreadable",
             "Executables not checked for bash: no path to them could be read (e.g. EACCES).",
             registry=registry)
+        self.bash_deferred = Counter(
+            "audit_collector_bash_follow_deferred",
+            "New executables not checked for bash at once (the check queue was full): "
+            "checked at their next exec.", registry=registry)
+        self.args_unread = Counter(
+            "audit_collector_exec_args_unread",
+            "Exec events whose argv could not be read (flagged audit_collector.exec."
+            "args_unread).", registry=registry)
+        self.processes_tracked = Gauge(
+            "audit_collector_processes_tracked",
+            "Live processes in the process table.", registry=registry)
+        self.processes_evicted = Counter(
+            "audit_collector_processes_evicted",
+            "Live processes dropped from the process table at capture.max_processes.",
+            registry=registry)
         self.probes_attached = Gauge("audit_collector_probes_attached",
                                      "Attached probes, by family.", ["family"],
                                      registry=registry)

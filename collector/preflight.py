@@ -10,6 +10,7 @@ from pathlib import Path
 from collector.capture import bashfind
 from collector.capture.families import FAMILIES
 from collector.config import Config, outputs_of, parse_listen
+from collector.delivery.elasticsearch.settings import dead_letter_path
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,9 @@ def check_dirs(cfg: Config) -> list[CheckResult]:
     dirs = {"state_dir": Path(cfg.state_dir)}
     if any(o.kind == "elasticsearch" for o in outputs_of(cfg)):
         dirs["spool.dir"] = Path(cfg.spool.dir)
+        # Rejected documents are acknowledged only once written here: an unwritable place
+        # holds them in the spool.
+        dirs["elasticsearch.dead_letter_file"] = dead_letter_path(cfg).parent
     results = []
     for key, path in dirs.items():
         problem = _writable_dir_problem(path)

@@ -182,3 +182,17 @@ def test_a_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path) 
     assert result.returncode == 2
     assert "hunter2" not in result.stdout + result.stderr
     assert "credentials in the URL are not accepted" in result.stderr
+
+
+def test_check_fails_when_dead_letters_could_not_be_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/state\nmetrics: {{enabled: false}}\n"
+                   f"outputs: ['elasticsearch:http://127.0.0.1:9']\n"
+                   f"spool: {{dir: {tmp_path}/spool}}\n"
+                   f"elasticsearch: {{dead_letter_file: {blocker}/dl.ndjson}}\n")
+    result = run_cli("check", "--config", str(cfg))
+    assert result.returncode == 1
+    assert f"[FAIL] elasticsearch.dead_letter_file: {blocker} is not a directory" \
+        in result.stdout, result.stdout

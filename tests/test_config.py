@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from collector.config import (
+    Config,
     ConfigError,
     config_from_mapping,
     elasticsearch_urls,
@@ -203,3 +206,62 @@ def test_example_config_lists_every_key_with_its_default() -> None:
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
     defaults = msgspec.to_builtins(Config())
     assert _flatten(example) == _flatten(defaults)
+
+
+# --------------------------------------------------------------------------- the role
+
+ROLE = REPO / "ansible" / "roles" / "audit_collector"
+SPEC_TYPES = {"int": int, "bool": bool, "float": float, "str": str, "path": str}
+
+
+def role_to_config_keys() -> dict[str, str]:
+    """Role variable -> dotted config key, read from the role's config template (each
+    `'key': audit_collector_var` line inside its section's dict)."""
+    sections: list[str] = []
+    mapping: dict[str, str] = {}
+    for line in (ROLE / "templates" / "config.yml.j2").read_text().splitlines():
+        if "set es = {" in line:
+            sections = ["elasticsearch"]
+        elif "set config = {" in line:
+            sections = []
+        opened = re.search(r"'(\w+)': \{", line)
+        if opened:
+            sections.append(opened.group(1))
+            continue
+        leaf = re.search(r"'(\w+)': (audit_collector_\w+)(?: \| (\w+))?,?$", line)
+        if leaf and leaf.group(2).endswith(leaf.group(1)):
+            mapping[leaf.group(2)] = ".".join([*sections, leaf.group(1)])
+        if re.search(r"^\s*\}(,| %\})?$", line) and sections:
+            sections.pop()
+    return mapping
+
+
+def schema_field(dotted: str) -> msgspec.inspect.Field:
+    info = msgspec.inspect.type_info(Config)
+    *parents, name = dotted.split(".")
+    for parent in parents:
+        info = next(f.type for f in info.fields if f.name == parent)
+    return next(f for f in info.fields if f.name == name)
+
+
+def test_the_role_and_the_schema_agree_on_every_key_type_and_default() -> None:
+    import yaml
+
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    # Variables the role derives itself (vars/main.yml) are not options of the role.
+    mapping = {v: k for v, k in role_to_config_keys().items() if v in options}
+    assert len(mapping) >= 20, mapping  # the template parse found the config's variables
+    for variable, dotted in mapping.items():
+        spec, field = options[variable], schema_field(dotted)
+        default = field.default if field.default is not msgspec.NODEFAULT else \
+            field.default_factory()
+        assert spec["default"] == default, (variable, dotted, spec["default"], default)
+        kind = SPEC_TYPES[spec["type"]]
+        if isinstance(field.type, msgspec.inspect.LiteralType):
+            assert sorted(spec["choices"]) == sorted(field.type.values), (variable, dotted)
+        else:
+            python_type = {msgspec.inspect.IntType: int, msgspec.inspect.BoolType: bool,
+                           msgspec.inspect.FloatType: float,
+                           msgspec.inspect.StrType: str}[type(field.type)]
+            assert kind is python_type, (variable, dotted, spec["type"], field.type)

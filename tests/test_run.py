@@ -55,7 +55,7 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         health = wait_healthy(port, proc)
-        assert health["families"] == ["exec", "namespaces", "bash"]
+        assert health["families"] == ["exec", "namespaces", "bash", "fork", "exit"]
         # What the Ansible role compares with the file it installed (tasks/verify.yml).
         assert health["config_digest"] == hashlib.sha256(cfg.read_bytes()).hexdigest()
         assert health["version"] == collector.__version__
@@ -74,7 +74,8 @@ def test_run_writes_documents_and_stops_cleanly(tmp_path: Path, stop_signal: int
     assert [d["event"]["sequence"] for d in file_docs] == \
         [d["event"]["sequence"] for d in stdout_docs]
     mine = [d for d in file_docs if d["process"].get("args") == ["/bin/true", mark]]
-    assert len(mine) == 1
+    assert [d["event"]["action"] for d in mine] == ["exec", "end"]  # end carries the argv
+    assert mine[0]["process"]["entity_id"] == mine[1]["process"]["entity_id"]
     seqs = [d["event"]["sequence"] for d in file_docs]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert b"Traceback" not in stderr

@@ -11,7 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from collector.capture import bashfind
@@ -31,8 +34,8 @@ class BashProbes(Protocol):
     @property
     def has_library_probes(self) -> bool: ...
 
-    def attach_bash(self, path: str, hint_pid: int | None = None,
-                    name: str | None = None) -> object | None: ...
+    def attach_bash(self, path: str, hint_pid: int | None = None, name: str | None = None,
+                    found: bashfind.ReadlineTarget | None = None) -> object | None: ...
 
 
 class PinnedFile:
@@ -49,36 +52,102 @@ class PinnedFile:
         os.close(self._fd)
 
 
+@dataclass
+class _Check:
+    """A new executable, held open, to be checked for bash off the capture thread."""
+
+    exe: ExeId | None
+    pinned: PinnedFile
+    name: str
+    pid: int
+    found: bashfind.ReadlineTarget | None = None  # set by the check: bash, and where
+
+
 class BashTracker:
-    """Decides, once per executable, whether it is bash, and has new ones probed."""
+    """Decides, once per executable, whether it is bash, and has new ones probed.
+
+    The capture thread only pins the file (one open) and queues it; reading its ELF
+    headers runs on a worker thread, so the ring buffer is drained whatever the file is
+    (a huge or slow one). The verdict comes back through `poll`, on the capture thread,
+    which attaches the probe: BCC is only ever called from that one thread.
+    """
 
     # Verdicts kept at most (a build farm runs ever new binaries); past it, start over.
     MAX_VERDICTS = 16384
+    # Files held open while queued: past it, a new executable is checked at its next exec.
+    MAX_PENDING = 64
 
     def __init__(self, probes: BashProbes, follow_new: bool = True,
                  on_unreadable: Callable[[], None] = lambda: None,
                  pin: Callable[[str], PinnedFile] = PinnedFile,
-                 looks_like_bash: Callable[[str], bool] = bashfind.looks_like_bash) -> None:
+                 inspect: Callable[[str, int], bashfind.ReadlineTarget | None]
+                 = bashfind.inspect_bash,
+                 background: bool = True,
+                 on_deferred: Callable[[], None] = lambda: None) -> None:
         self._probes = probes
         self._follow_new = follow_new
         self._on_unreadable = on_unreadable  # counts execs whose file could not be checked
+        self._on_deferred = on_deferred  # counts checks put off because the queue was full
         self._pin = pin
-        self._looks_like_bash = looks_like_bash
+        self._inspect = inspect
         # Executables decided on, by (dev, inode, i_generation): True when bash is probed
         # there. The generation, because a freed inode number soon names another file.
         self.verdicts: dict[ExeId, bool] = {}
+        self._pending: set[ExeId | None] = set()
+        self._done: queue.SimpleQueue[_Check] = queue.SimpleQueue()
+        self._todo: queue.Queue[_Check] | None = None
+        if background:
+            self._todo = queue.Queue(self.MAX_PENDING)
+            threading.Thread(target=self._work, name="bash-check", daemon=True).start()
 
     def on_exec(self, event: ExecEvent) -> bool:
-        """Look at a successful exec; True when it ran a bash not seen before (now probed)."""
+        """Look at a successful exec; True when a bash not seen before is now probed (at
+        once only without a worker thread: else `poll` says so later)."""
         exe = event.exe
-        if not self._follow_new or (exe is not None and exe in self.verdicts):
+        if not self._follow_new or (exe is not None and (exe in self.verdicts
+                                                         or exe in self._pending)):
             return False
-        is_bash = self._decide(event)
-        if is_bash is not None and exe is not None:
-            if len(self.verdicts) >= self.MAX_VERDICTS:
-                self.verdicts.clear()
-            self.verdicts[exe] = is_bash
-        return bool(is_bash)
+        check = self._pin_candidate(event)
+        if check is None:
+            return False
+        if check.pinned.key in self._probes.bash_probes:  # the same file under a new name
+            check.pinned.close()
+            self._remember(exe, True)
+            return True
+        if self._todo is None:
+            check.found = self._inspect(check.pinned.path, check.pid)
+            self._done.put(check)
+            return self.poll()
+        try:
+            self._todo.put_nowait(check)
+        except queue.Full:
+            check.pinned.close()
+            self._on_deferred()
+            return False
+        self._pending.add(exe)
+        return False
+
+    @property
+    def checking(self) -> bool:
+        """Checks are queued or running (their results are for `poll`)."""
+        return bool(self._pending)
+
+    def poll(self) -> bool:
+        """Apply finished checks (on the capture thread); True when a new bash was probed."""
+        probed = False
+        while True:
+            try:
+                check = self._done.get_nowait()
+            except queue.Empty:
+                return probed
+            self._pending.discard(check.exe)
+            try:
+                verdict = self._attach(check)
+            finally:
+                check.pinned.close()
+            if verdict is not None:
+                self._remember(check.exe, verdict)
+                probed = probed or verdict
 
     def keeps_line(self, pid: int) -> bool:
         """Readline probes on a shared libreadline also fire in python, gdb...: keep bash.
@@ -87,12 +156,37 @@ class BashTracker:
         if not self._probes.has_library_probes:
             return True
         exe = f"/proc/{pid}/exe"
-        return not os.path.exists(exe) or self._looks_like_bash(exe)
+        return not os.path.exists(exe) or bashfind.looks_like_bash(exe)
 
-    def _decide(self, event: ExecEvent) -> bool | None:
-        """Whether the file the record names is bash (now probed); None when no path
-        through /proc still leads to it, or its readline could not be probed (try again
-        at its next exec)."""
+    def _work(self) -> None:
+        assert self._todo is not None
+        while True:
+            check = self._todo.get()
+            try:
+                check.found = self._inspect(check.pinned.path, check.pid)
+            except Exception:  # a file that breaks the reader must not end the thread
+                log.exception("cannot check %s for bash", check.name)
+            self._done.put(check)
+
+    def _attach(self, check: _Check) -> bool | None:
+        """True: probed; False: not bash; None: bash whose readline could not be probed
+        (try again at its next exec)."""
+        if check.found is None:
+            return False
+        probe = self._probes.attach_bash(check.pinned.path, hint_pid=check.pid,
+                                         name=check.name, found=check.found)
+        return True if probe is not None else None
+
+    def _remember(self, exe: ExeId | None, verdict: bool) -> None:
+        if exe is None:
+            return
+        if len(self.verdicts) >= self.MAX_VERDICTS:
+            self.verdicts.clear()
+        self.verdicts[exe] = verdict
+
+    def _pin_candidate(self, event: ExecEvent) -> _Check | None:
+        """The file the record names, held open through the first /proc path that still
+        leads to it; None when none does."""
         unreadable = False
         for path in _candidates(event):
             try:
@@ -102,22 +196,12 @@ class BashTracker:
                     unreadable = True  # e.g. EACCES on /proc/1/root in some sandboxes
                     log.debug("cannot check %s for bash: %s", path, exc)
                 continue
-            try:
-                if event.exe is None or pinned.key == event.exe[:2]:
-                    return self._check(pinned, path, event.who.pid)
-            finally:
-                pinned.close()
+            if event.exe is None or pinned.key == event.exe[:2]:
+                return _Check(event.exe, pinned, path, event.who.pid)
+            pinned.close()
         if unreadable:
             self._on_unreadable()
         return None
-
-    def _check(self, pinned: PinnedFile, name: str, pid: int) -> bool | None:
-        if pinned.key in self._probes.bash_probes:
-            return True
-        if not self._looks_like_bash(pinned.path):
-            return False
-        probe = self._probes.attach_bash(pinned.path, hint_pid=pid, name=name)
-        return True if probe is not None else None  # not probed: try at its next exec
 
 
 def _candidates(event: ExecEvent) -> Iterator[str]:

@@ -2,7 +2,7 @@
 
 A family is a BPF program (bpf/<source>) that writes one kind of record to the ring buffer.
 Its row below is the single place that says what the record is: its kind id, its slot in
-the loss counters, its tracepoints, its config switch, its dataset and its record layout.
+the loss counters, its tracepoints, its config switch and its record layout.
 The C programs receive every constant from here as -D flags (`c_constants`), the decoders
 (records.py) read the layouts, preflight checks the tracepoints, and a BPF test compares
 each layout field by field with the struct BCC compiled. A new family is a new row here,
@@ -46,6 +46,9 @@ NS_KINDS = NS_SET.names
 IDENTITY = Layout("identity", [
     u64("ktime_ns"),
     u64("cgroup_id"),  # kernfs id of the reported cgroup
+    # Start times (CLOCK_BOOTTIME ns) of this process, its parent, its process group
+    # leader and its session leader; 0 when that process is gone.
+    u64("start_ns"), u64("parent_start_ns"), u64("pgid_start_ns"), u64("sid_start_ns"),
     u32("pid"),  # tgid, init pid namespace
     u32("tid"), u32("ppid"),
     u32("vpid"),  # pid in the task's own pid namespace
@@ -54,6 +57,7 @@ IDENTITY = Layout("identity", [
     u32("sessionid"),  # (u32)-1 when unset
     u32("tty_major"), u32("tty_minor"),
     s32("tty_index"),  # -1: no controlling tty
+    u32("pgid"), u32("sid"),  # process group and session ids, init pid namespace
     padding("pad0", "u32"),
     nested("ns", NS_SET),
     chars("comm", TASK_COMM_LEN),
@@ -118,7 +122,6 @@ class Family:
     macro: str  # suffix of its C constants: KIND_<macro>, LOST_<macro>
     lost_index: int  # its slot in the per-CPU `lost` map: LOST_<macro> in C
     label: str  # the kind in events_captured/events_lost and in events_lost documents
-    dataset: str  # event.dataset of its documents
     source: str  # its program in bpf/
     layout: Layout  # the record it writes
     record_map: str  # the BPF map whose value type is the record struct
@@ -129,17 +132,19 @@ class Family:
 
 EXEC = Family(
     name="exec", kind=1, macro="EXEC", lost_index=0, label="exec",
-    dataset="audit_collector.process", source="exec.c",
+    source="exec.c",
     layout=Layout("exec_event", [
         u32("kind"), u32("syscall"), s32("retval"),
         u32("argc"),  # arguments seen (bprm->argc on success)
         u32("args_len"),  # bytes of args[] used: NUL-separated arguments
         u32("args_truncated"),  # hit MAX_ARGS or ARGS_LIMIT
-        u32("args_fault"),  # reading user memory failed
+        u32("args_fault"),  # argv could not be read (counted, flagged on the document)
         u32("exe_dev"),  # kernel dev_t of the executable's filesystem (success only)
         u64("exe_ino"),  # the executable's inode number (success only)
         u32("exe_gen"),  # its i_generation: tells a reused inode number apart
-        padding("exe_pad", "u32"),
+        u32("script"),  # a `#!` script: the image is its interpreter (success only)
+        u64("argv_addr"),  # the caller's argv and filename pointers: a failed exec's are
+        u64("filename_addr"),  # read again at syscall exit
         nested("id", IDENTITY),
         chars("filename", FILENAME_LEN),
         tail("args", lambda c: 2 * c["ARGS_BUF"]),
@@ -154,7 +159,7 @@ EXEC = Family(
 
 NAMESPACES = Family(
     name="namespaces", kind=2, macro="NS", lost_index=1, label="namespace",
-    dataset="audit_collector.namespace", source="namespaces.c",
+    source="namespaces.c",
     layout=Layout("ns_event", [
         u32("kind"), u32("syscall"), s32("retval"),
         s32("fd"),  # setns only, else -1
@@ -175,7 +180,7 @@ NAMESPACES = Family(
 
 BASH = Family(
     name="bash", kind=3, macro="BASH", lost_index=2, label="bash",
-    dataset="audit_collector.bash", source="bash.c",
+    source="bash.c",
     layout=Layout("bash_event", [
         u32("kind"),
         u32("line_len"),  # bytes captured, without the NUL
@@ -187,10 +192,31 @@ BASH = Family(
     record_map="bash_scratch",  # a uretprobe on readline(): no tracepoints
 )
 
-FAMILIES: tuple[Family, ...] = (EXEC, NAMESPACES, BASH)
+FORK = Family(
+    name="fork", kind=4, macro="FORK", lost_index=3, label="fork", source="fork.c",
+    layout=Layout("fork_event", [
+        u32("kind"),
+        padding("pad", "u32"),
+        nested("id", IDENTITY),  # the child's
+    ]),
+    record_map="fork_scratch",
+    tracepoints=(Tracepoint("sched", "sched_process_fork", raw=True),),
+)
+
+EXIT = Family(
+    name="exit", kind=5, macro="EXIT", lost_index=4, label="exit", source="exit.c",
+    layout=Layout("exit_event", [
+        u32("kind"),
+        s32("exit_code"),  # the wait(2) status
+        nested("id", IDENTITY),
+    ]),
+    record_map="exit_scratch",
+    tracepoints=(Tracepoint("sched", "sched_process_exit", raw=True),),
+)
+
+FAMILIES: tuple[Family, ...] = (EXEC, NAMESPACES, BASH, FORK, EXIT)
 BY_KIND = {f.kind: f for f in FAMILIES}
 BY_NAME = {f.name: f for f in FAMILIES}
-LOSS_DATASET = "audit_collector.loss"  # events_lost documents: no family's, all of theirs
 
 
 def _check(families: tuple[Family, ...]) -> None:

@@ -82,10 +82,28 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("OFF_TASK_STRUCT_THREAD_PID", "task_struct", "thread_pid", "pids[0].pid"),
     _f("OFF_TASK_STRUCT_FLAGS", "task_struct", "flags"),
     _f("OFF_TASK_STRUCT_GROUP_LEADER", "task_struct", "group_leader"),
+    # Process identity: the start time /proc/PID/stat reports (CLOCK_BOOTTIME; named
+    # real_start_time before 5.5), the wait status at exit, and the task's links to its
+    # struct pids (tasks[PIDTYPE_PID] of a struct pid leads back to the task).
+    _f("OFF_TASK_STRUCT_START_BOOTTIME", "task_struct", "start_boottime", "real_start_time"),
+    _f("OFF_TASK_STRUCT_EXIT_CODE", "task_struct", "exit_code"),
+    _f("OFF_TASK_STRUCT_PID_LINKS", "task_struct", "pid_links"),
+    _f("OFF_PID_TASKS", "pid", "tasks"),
+    # signal_struct: live threads (0 once the last one is in do_exit), the process group
+    # and session struct pids (pids[PIDTYPE_PGID], pids[PIDTYPE_SID]; 4.19+).
+    _f("OFF_SIGNAL_STRUCT_LIVE", "signal_struct", "live"),
+    _f("OFF_SIGNAL_STRUCT_PIDS", "signal_struct", "pids"),
     # linux_binprm.argc: the true argument count of a successful exec (sched_process_exec).
     _f("OFF_LINUX_BINPRM_ARGC", "linux_binprm", "argc"),
     # linux_binprm.filename: the name the kernel opened ("/dev/fd/N" for fexecve).
     _f("OFF_LINUX_BINPRM_FILENAME", "linux_binprm", "filename"),
+    # linux_binprm.interp: the filename, or a `#!` script's interpreter once binfmt_script
+    # has replaced the image.
+    _f("OFF_LINUX_BINPRM_INTERP", "linux_binprm", "interp"),
+    # The new image's argv, resident on its stack at sched_process_exec.
+    _f("OFF_TASK_STRUCT_MM", "task_struct", "mm"),
+    _f("OFF_MM_STRUCT_ARG_START", "mm_struct", "arg_start"),
+    _f("OFF_MM_STRUCT_ARG_END", "mm_struct", "arg_end"),
     # The executable's identity (device, inode), so user space can tell binaries apart
     # without a stat per exec.
     _f("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
@@ -169,6 +187,8 @@ TYPE_SIZES: tuple[TypeSizeSpec, ...] = (
 )
 
 ENUMS: tuple[EnumSpec, ...] = (
+    EnumSpec("PIDTYPE_PGID_ID", "pid_type", "PIDTYPE_PGID", "HAVE_PIDTYPE_PGID"),
+    EnumSpec("PIDTYPE_SID_ID", "pid_type", "PIDTYPE_SID", "HAVE_PIDTYPE_SID"),
     EnumSpec("CGRP_ID_MEMORY", "cgroup_subsys_id", "memory_cgrp_id", "HAVE_CGRP_ID_MEMORY"),
     EnumSpec("CGRP_ID_PIDS", "cgroup_subsys_id", "pids_cgrp_id", "HAVE_CGRP_ID_PIDS"),
     EnumSpec("CGRP_ID_CPU", "cgroup_subsys_id", "cpu_cgrp_id", "HAVE_CGRP_ID_CPU"),

@@ -23,7 +23,7 @@ from collector.capture import bashfind
 from collector.capture.btf import Btf
 from collector.capture.families import BASH, FAMILIES, Family, c_constants
 from collector.capture.hostns import detect_host_namespaces
-from collector.capture.malloc import release_free_heap
+from collector.capture.malloc import release_compiler_pages, release_free_heap
 from collector.capture.offsets import explain_missing, offsets_as_cflags, resolve_offsets
 from collector.capture.settings import CaptureConfig
 
@@ -97,6 +97,7 @@ def build_program(capture: CaptureConfig, btf_path: str = "/sys/kernel/btf/vmlin
         "MAX_ARGS": capture.max_args,
         "LINE_MAX_BYTES": capture.max_bash_line,
         **c_constants(),
+        **{f"FAMILY_{f.macro}": int(f in families) for f in FAMILIES},
     }
     cflags = offsets_as_cflags(report.values) + [f"-D{k}={v}" for k, v in constants.items()]
     cflags.append("-Wno-macro-redefined")
@@ -154,6 +155,7 @@ class Probes:
                 self.attach_bash(path)
         self.load_seconds = time.monotonic() - started
         release_free_heap()  # LLVM's compile-time heap: tens of MiB
+        release_compiler_pages()  # and its code: about 120 MiB of clean file pages
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -181,11 +183,12 @@ class Probes:
         table = self.bpf[b"lost"]
         return {f.label: int(sum(table[ctypes.c_int(f.lost_index)])) for f in FAMILIES}
 
-    def attach_bash(self, path: str, hint_pid: int | None = None,
-                    name: str | None = None) -> BashProbe | None:
+    def attach_bash(self, path: str, hint_pid: int | None = None, name: str | None = None,
+                    found: bashfind.ReadlineTarget | None = None) -> BashProbe | None:
         """Probe readline() of a bash binary (or of the libreadline it links); `name` is
-        how logs call a bash reached through a held file descriptor (/proc/self/fd/N)."""
-        found = bashfind.readline_target(path, hint_pid)
+        how logs call a bash reached through a held file descriptor (/proc/self/fd/N);
+        `found` is its readline target when already worked out (off this thread)."""
+        found = found or bashfind.readline_target(path, hint_pid)
         if found is None:
             return None
         key, target, library = found

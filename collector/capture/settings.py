@@ -16,6 +16,14 @@ class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exec: bool = True
     namespaces: bool = True
     bash: bool = True
+    # New processes (fork/clone without CLONE_THREAD) and process ends (the last thread's
+    # exit): the process tree for Kibana's Session View. Costs: see README, Performance.
+    fork: bool = True
+    exit: bool = True
+    # Live processes the process table keeps (entity ids, relatives, sessions); at the
+    # bound the one not exec'd for the longest time is dropped (counted) and learned again
+    # from its next record. About 1 KiB each.
+    max_processes: Annotated[int, Meta(ge=1024, le=4_000_000)] = 100_000
     # Argument capture bounds; hitting either marks the event truncated.
     max_args: Annotated[int, Meta(ge=1, le=1024)] = 128
     # Each pending exec holds 2x the (power-of-two) bound in a BPF map slot.

@@ -361,6 +361,7 @@ class Enrichment:
         self._cgroups = _Shared(CgroupPaths.RESCAN_INTERVAL_S)
         self._namespaces = _Shared()
         self._users = _Shared(NameCache.NEGATIVE_TTL_S)
+        self._user_pairs = _Shared(NameCache.NEGATIVE_TTL_S)
         self._groups = _Shared(NameCache.NEGATIVE_TTL_S)
 
     # -- time
@@ -402,18 +403,23 @@ class Enrichment:
         self._namespaces.put(who.ns, ns)
         return ns
 
-    def user(self, who: Who) -> Doc:
-        key = (who.uid, who.euid, who.auid)
-        hit = self._users.get(key)
-        if hit is not None:
-            return hit
-        user: Doc = _named(who.uid, self.names.user(who.uid))
-        user["effective"] = _named(who.euid, self.names.user(who.euid))
-        if who.auid is not None:
-            user["audit"] = _named(who.auid, self.names.user(who.auid))
-        named = all("name" in u for u in (user, user["effective"], user.get("audit", user)))
-        self._users.put(key, user, final=named)
-        return user
+    def user(self, uid: int) -> Doc:
+        """{id, name} of a uid (shared; the name is looked up again while unknown)."""
+        hit = self._users.get(uid)
+        if hit is None:
+            hit = _named(uid, self.names.user(uid))
+            self._users.put(uid, hit, final="name" in hit)
+        return hit
+
+    def users(self, who: Who) -> Doc:
+        """ECS `user`: the real user with the effective one beside it."""
+        key = (who.uid, who.euid)
+        hit = self._user_pairs.get(key)
+        if hit is None:
+            real, effective = self.user(who.uid), self.user(who.euid)
+            hit = {**real, "effective": effective}
+            self._user_pairs.put(key, hit, final="name" in real and "name" in effective)
+        return hit
 
     def group(self, gid: int) -> Doc:
         hit = self._groups.get(gid)

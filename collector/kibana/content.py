@@ -31,10 +31,6 @@ from collector.fields import FIELDS
 from collector.kibana import savedobjects as so
 
 PENDING: frozenset[str] = frozenset({
-    # Issue 11 (process model): process.entity_id, process.parent.executable,
-    # process.entry_leader.* (Session View's entry point). Adds the "Sessions" search and
-    # the session/parent columns of the bash and execution searches.
-    "process_model",
     # Issue 12 (lifecycle documents): start, stop and heartbeat documents with these
     # event.action values (check them against the lifecycle code when it lands). Adds the
     # "Heartbeat silence per host" panel and lifecycle events to the health search.
@@ -55,7 +51,7 @@ FIELD_LABELS = {
     "host.name": "Host",
     "user.name": "User",
     "user.effective.name": "Effective user",
-    "user.audit.name": "Login user",
+    "audit_collector.login_user.name": "Login user",
     "process.command_line": "Command line",
     "process.executable": "Executable",
     "audit_collector.bash.line": "Typed line (bash)",
@@ -115,20 +111,20 @@ def searches(on: frozenset[str]) -> list[dict[str, Any]]:
                "effective root without real root), with the login user behind them.",
                'event.action: ("exec" or "bash_command") and '
                '(user.id: "0" or user.effective.id: "0")',
-               ["host.name", "user.audit.name", "user.name", "user.effective.name",
+               ["host.name", "audit_collector.login_user.name", "user.name", "user.effective.name",
                 "process.command_line", "audit_collector.bash.line",
                 "audit_collector.tty.name"]),
         search("namespace-entries", "Namespace entries",
                "setns(2): docker exec, nsenter, runc entering a container's namespaces.",
                'event.action: "setns"',
-               ["host.name", "user.audit.name", "user.name", "process.name",
+               ["host.name", "audit_collector.login_user.name", "user.name", "process.name",
                 "audit_collector.ns.target.container_id", "audit_collector.ns.kinds",
                 "audit_collector.ns.changed", "event.outcome", "error.code"]),
         search("bash-commands", "Interactive bash commands",
                "Lines typed into bash, with the login user, audit session and terminal.",
                'event.action: "bash_command"',
-               ["host.name", "user.audit.name", "user.name", "audit_collector.session_id",
-                "audit_collector.tty.name",
+               ["host.name", "audit_collector.login_user.name", "user.name",
+                "audit_collector.session_id", "audit_collector.tty.name",
                 *(["process.entry_leader.entity_id"] if process_model else []),
                 "audit_collector.bash.line", "container.id"]),
         search("health", "Losses and collector health",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ class FakeProbes:
     def has_library_probes(self) -> bool:
         return False
 
-    def attach_bash(self, path: str, hint_pid: int | None = None,
-                    name: str | None = None) -> object | None:
+    def attach_bash(self, path: str, hint_pid: int | None = None, name: str | None = None,
+                    found: Any = None) -> object | None:
         self.attached.append((path, hint_pid))
         if not self.attach_ok:
             return None
@@ -86,7 +87,10 @@ class World:
 
     def tracker(self, probes: FakeProbes, follow_new: bool = True) -> BashTracker:
         return BashTracker(probes, follow_new, on_unreadable=self.count_unreadable,
-                           pin=self.pin, looks_like_bash=lambda p: p in self.bash)
+                           pin=self.pin, inspect=self.inspect, background=False)
+
+    def inspect(self, path: str, pid: int) -> Any:
+        return (self.files[path], path, False) if path in self.bash else None
 
 
 def exec_event(filename: bytes = b"/usr/local/bin/tool", ino: int = 500,
@@ -220,3 +224,89 @@ def test_a_pinned_file_outlives_its_path(tmp_path: Path) -> None:
         assert Path(pinned.path).read_bytes() == b"\x7fELF-not-really"
     finally:
         pinned.close()
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+class CountingFile:
+    """A file object that counts the bytes read through it."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by the test
+        self.read_bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def sparse_copy(source: str, target: Path, size: int) -> Path:
+    target.write_bytes(Path(source).read_bytes())
+    os.truncate(target, size)  # a hole: no disk used, but every byte readable (zeros)
+    return target
+
+
+def test_a_16_gib_sparse_binary_is_checked_with_bounded_reads(tmp_path: Path) -> None:
+    """Regression: detection memory-mapped and scanned the whole file: 58 CPU-seconds for a
+    16 GiB sparse copy of a binary, on the capture thread, for every new such file."""
+    from collector.capture import bashfind
+
+    huge = sparse_copy("/bin/true", tmp_path / "huge-true", 16 << 30)
+    counting = CountingFile(huge)
+    try:
+        strings = bashfind.dynamic_strings(counting)  # type: ignore[arg-type]
+    finally:
+        counting.close()
+    assert strings is not None and b"__libc_start_main" in strings
+    assert counting.read_bytes < 64 << 10
+    assert bashfind.looks_like_bash(str(huge)) is False
+    huge_bash = sparse_copy("/bin/bash", tmp_path / "huge-bash", 16 << 30)
+    assert bashfind.looks_like_bash(str(huge_bash)) is True
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x7fELF" + b"\xff" * 60,  # bad class/order bytes
+    b"\x7fELF\x02\x01\x01" + b"\0" * 57,  # no section headers
+    b"\x7fELF\x02\x01\x01" + b"\0" * 33 + (1 << 62).to_bytes(8, "little") + b"\0" * 16,
+])
+def test_malformed_elf_headers_are_not_bash(tmp_path: Path, garbage: bytes) -> None:
+    from collector.capture import bashfind
+
+    path = tmp_path / "odd"
+    path.write_bytes(garbage)
+    assert bashfind.looks_like_bash(str(path)) is False
+
+
+def test_checks_run_off_the_capture_thread_and_attach_on_it() -> None:
+    import threading
+
+    world = World({f"/proc/{PID}/exe": _st(600)}, bash={f"/proc/{PID}/exe"})
+    probes = world.probes()
+    release = threading.Event()
+    threads: list[str] = []
+
+    def slow_inspect(path: str, pid: int) -> Any:
+        threads.append(threading.current_thread().name)
+        release.wait(10)  # a file that takes long to read
+        return world.inspect(path, pid)
+
+    tracker = BashTracker(probes, pin=world.pin, inspect=slow_inspect)
+    assert tracker.on_exec(exec_event(ino=600)) is False  # returns at once
+    assert tracker.checking and probes.attached == []
+    assert tracker.on_exec(exec_event(ino=600)) is False  # already queued: not twice
+    release.set()
+    deadline = time.monotonic() + 10
+    probed = False
+    while not probed and time.monotonic() < deadline:
+        probed = tracker.poll()
+    assert probed and probes.attached == [(f"/proc/{PID}/exe", PID)]
+    assert threads == ["bash-check"] and not tracker.checking
+    assert all(p.closed for p in world.pinned)

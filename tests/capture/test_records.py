@@ -64,10 +64,7 @@ def test_every_family_has_a_decoder_a_switch_and_a_program() -> None:
     for family in FAMILIES:
         assert isinstance(getattr(capture, family.name), bool), family.name
         assert family.layout.fields[0].name == "kind"  # decode() dispatches on it
-    assert [f.label for f in FAMILIES] == ["exec", "namespace", "bash"]
-    assert [f.dataset for f in FAMILIES] == ["audit_collector.process",
-                                             "audit_collector.namespace",
-                                             "audit_collector.bash"]
+    assert [f.label for f in FAMILIES] == ["exec", "namespace", "bash", "fork", "exit"]
 
 
 def test_c_constants_come_from_the_table() -> None:
@@ -96,6 +93,8 @@ def test_preflight_checks_the_declared_tracepoints() -> None:
     assert {
         "exec": tuple(tp.tracefs for tp in EXEC.tracepoints),
         "namespaces": tuple(tp.tracefs for tp in NAMESPACES.tracepoints),
+        "fork": ("sched/sched_process_fork",),
+        "exit": ("sched/sched_process_exit",),
     } == preflight.TRACEPOINTS
     assert "sched/sched_process_exec" in preflight.TRACEPOINTS["exec"]
     assert "syscalls/sys_exit_clone3" in preflight.TRACEPOINTS["namespaces"]
@@ -136,7 +135,7 @@ def test_an_unknown_kind_is_a_decode_error() -> None:
 
 def test_a_short_bash_line_record_is_refused_with_its_struct() -> None:
     record = bash_record(who(), line=b"ls")
-    with pytest.raises(DecodeError, match="struct bash_event needs 368"):
+    with pytest.raises(DecodeError, match="struct bash_event needs 408"):
         decode(record[:BASH.layout.fixed_size - 1])
 
 

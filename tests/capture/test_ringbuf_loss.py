@@ -40,7 +40,7 @@ def test_full_ring_buffer_is_reported_with_counts() -> None:
     assert lost["exec"] >= lost_in_kernel["exec"]
     counted = running.sink.losses_metric("exec")
     assert counted == lost["exec"]
-    assert lost_docs[0]["event"]["kind"] == "event"
+    assert lost_docs[0]["event"]["kind"] == "metric"  # a count, not an observed activity
     # Every exec we made is either a document or counted as lost (other processes on the
     # machine may add to the lost count, never to our marked documents).
     assert len(captured) < n

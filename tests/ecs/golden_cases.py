@@ -10,14 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from collector.ecs.host import HostInfo
-from tests.ecs.recordbytes import UNSET, bash_record, exec_record, kernel_dev, ns_record
+from collector.ecs.host import HostInfo, OsRelease
+from tests.ecs.recordbytes import (
+    UNSET,
+    bash_record,
+    exec_record,
+    exit_record,
+    fork_record,
+    kernel_dev,
+    ns_record,
+)
 
 # --------------------------------------------------------------------------- the world
 
 HOST = HostInfo(name="golden-host", id="5f3c0d2a9b8e4f61a7c2d4e6f8091a2b",
                 boot_id="0d9c8b7a65f443e2a1b0c9d8e7f60514", kernel="6.18.0-golden",
-                architecture="x86_64")
+                architecture="x86_64", hostname="golden-host",
+                boot_uuid="0d9c8b7a-65f4-43e2-a1b0-c9d8e7f60514",
+                os=OsRelease(name="Debian GNU/Linux", full="Debian GNU/Linux 12 (bookworm)",
+                             version="12", family="debian", platform="debian"))
 HOST_NS = {"pid": 4026531836, "pid_for_children": 4026531836, "mnt": 4026531841,
            "net": 4026531840, "uts": 4026531838, "ipc": 4026531839, "user": 4026531837,
            "cgroup": 4026531835}
@@ -44,17 +55,49 @@ CREATED_NS = 1_732_100_000_123_456_789
 
 
 @dataclass(frozen=True)
+class Stat:
+    """/proc/PID/stat, status and cmdline of a live process (what the process table reads)."""
+
+    ticks: int  # starttime: clock ticks since boot
+    ppid: int
+    pgid: int
+    sid: int
+    args: tuple[bytes, ...]
+    tty: tuple[int, int] | None = None
+    uid: int = 0
+    cwd: str = "/"
+
+
+@dataclass(frozen=True)
 class Proc:
     """What /proc/PID says about a live process."""
 
     exe: str
     ns: dict[str, int]
     cgroup: str  # the cgroup file's unified line
+    stat: Stat | None = None  # None: its stat could not be read (it is exiting)
 
 
+TICK_NS = 10_000_000  # 100 clock ticks a second
+# An ssh login: init, the sshd listener, alice's sshd, her login shell on pts/3 (the
+# session's entry leader), and in it process 4242, the one most records come from.
+SSHD_PID, USER_SSHD_PID, SHELL_PID = 812, 4150, 4200
+SHELL_TICKS, EVENT_TICKS = 860_050, 987_600
+SESSION = "0::/user.slice/user-1000.slice/session-3.scope"
 CONTAINER_PID = 7100
 NSENTER_PID = 4300  # in the container's uts namespace since its setns
 PROC = {
+    1: Proc("/usr/lib/systemd/systemd", HOST_NS, "0::/init.scope",
+            Stat(1, 0, 1, 1, (b"/sbin/init",))),
+    SSHD_PID: Proc("/usr/sbin/sshd", HOST_NS, "0::/system.slice/ssh.service",
+                   Stat(520, 1, SSHD_PID, SSHD_PID,
+                        (b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",))),
+    USER_SSHD_PID: Proc("/usr/sbin/sshd", HOST_NS, SESSION,
+                        Stat(860_000, SSHD_PID, USER_SSHD_PID, USER_SSHD_PID,
+                             (b"sshd: alice [priv]",))),
+    SHELL_PID: Proc("/usr/bin/bash", HOST_NS, SESSION,
+                    Stat(SHELL_TICKS, USER_SSHD_PID, SHELL_PID, SHELL_PID, (b"-bash",),
+                         tty=(136, 3), uid=1000, cwd="/home/alice")),
     NSENTER_PID: Proc("/usr/bin/nsenter", {**HOST_NS, "uts": CONTAINER_NS["uts"]},
                       "0::/user.slice/user-1000.slice/session-3.scope"),
     4242: Proc("/home/alice/src/configure", HOST_NS,
@@ -62,6 +105,14 @@ PROC = {
     CONTAINER_PID: Proc("/usr/sbin/nginx", CONTAINER_NS,
                         f"0::/system.slice/docker-{CONTAINER_ID}.scope"),
 }
+
+
+def shell(**overrides: Any) -> dict[str, Any]:
+    """alice's login shell itself (bash lines come from it)."""
+    return who(**{"pid": SHELL_PID, "tid": SHELL_PID, "vpid": SHELL_PID, "ppid": USER_SSHD_PID,
+                  "start_ns": SHELL_TICKS * TICK_NS + 7, "parent_start_ns": 860_000 * TICK_NS,
+                  "pgid": SHELL_PID, "pgid_start_ns": SHELL_TICKS * TICK_NS + 7,
+                  **overrides})
 
 
 @dataclass(frozen=True)
@@ -78,10 +129,13 @@ Input = Union[bytes, Lost]
 
 
 def who(**overrides: Any) -> dict[str, Any]:
-    """An interactive user's shell on the host's pts/3, unless overridden."""
+    """A process of alice's ssh session on pts/3 (a child of her shell), unless overridden."""
     values: dict[str, Any] = {
         "ktime_ns": 98_765_432_101_234, "cgroup_id": SESSION_CGROUP, "pid": 4242,
-        "tid": 4242, "ppid": 4200, "vpid": 4242, "uid": 1000, "euid": 1000, "gid": 1000,
+        "tid": 4242, "ppid": SHELL_PID, "vpid": 4242, "start_ns": EVENT_TICKS * TICK_NS + 5,
+        "parent_start_ns": SHELL_TICKS * TICK_NS + 7, "pgid": 4242,
+        "pgid_start_ns": EVENT_TICKS * TICK_NS + 5, "sid": SHELL_PID,
+        "sid_start_ns": SHELL_TICKS * TICK_NS + 7, "uid": 1000, "euid": 1000, "gid": 1000,
         "egid": 1000, "auid": 1000, "sessionid": 3, "tty_major": 136, "tty_minor": 3,
         "tty_index": 3, "ns": HOST_NS, "comm": b"bash", "tty_name": b"pts3",
         "cgroup_name": b"session-3.scope", "uts_name": b"",
@@ -104,7 +158,9 @@ def _exec(args: list[bytes], filename: bytes | None = None, **kw: Any) -> bytes:
 
 
 def _container_exec() -> bytes:
-    person = who(pid=CONTAINER_PID, tid=CONTAINER_PID, ppid=7001, vpid=1, uid=0, euid=0,
+    person = who(pid=CONTAINER_PID, tid=CONTAINER_PID, ppid=7001, vpid=1, pgid=CONTAINER_PID,
+                 sid=CONTAINER_PID, start_ns=700_000 * TICK_NS, pgid_start_ns=700_000 * TICK_NS,
+                 sid_start_ns=700_000 * TICK_NS, parent_start_ns=699_990 * TICK_NS, uid=0, euid=0,
                  gid=0, egid=0, auid=UNSET, sessionid=UNSET, tty_index=-1, tty_major=0,
                  tty_minor=0, tty_name=b"", ns=CONTAINER_NS, comm=b"nginx",
                  cgroup_id=DOCKER_CGROUP, cgroup_name=f"docker-{CONTAINER_ID}.scope".encode(),
@@ -174,6 +230,15 @@ def _cases() -> dict[str, list[Input]]:
                                          who=who(comm=b"configure"),
                                          exe=(kernel_dev(254, 1), 88_001, 2))],
         "exec_in_container": [_container_exec()],
+        # A `#!/bin/sh -e` script: the new image's argv is its interpreter's.
+        "exec_script": [_exec([b"/bin/sh", b"-e", b"./deploy.sh", b"--fast"],
+                              filename=b"./deploy.sh", script=1, who=who(comm=b"deploy.sh"),
+                              exe=(kernel_dev(254, 1), 1290, 9))],
+        # fork() then execl() of string literals that are not resident, and the exec
+        # failed: no new image to read argv from.
+        "exec_failed_args_unread": [exec_record(who(comm=b"forker"), filename=b"/nonexistent",
+                                                args_blob=b"", argc=0, retval=-2,
+                                                args_fault=1)],
         "exec_unresolved_cgroup": [_exec(
             [b"/bin/sleep", b"60"],
             who=who(cgroup_id=9999, cgroup_name=f"libpod-{PODMAN_ID}.scope".encode(),
@@ -181,6 +246,23 @@ def _cases() -> dict[str, list[Input]]:
         "exec_unknown_user": [_exec(
             [b"/usr/bin/id"], who=who(uid=65534, euid=0, gid=65534, egid=65534, auid=65534,
                                       comm=b"id"), exe=TRUE_EXE)],
+        # ---- a process's life: forked by the shell, exec, end; a pipeline's members
+        "process_fork_exec_end": [
+            fork_record(who(comm=b"bash", ktime_ns=EVENT_TICKS * TICK_NS + 5)),
+            _exec([b"/usr/bin/make", b"-j2"], who=who(comm=b"make"),
+                  exe=(kernel_dev(254, 1), 4001, 1)),
+            exit_record(who(comm=b"make", ktime_ns=98_767_000_000_000), status=2 << 8)],
+        "process_killed_by_signal": [exit_record(
+            who(comm=b"sleep", ktime_ns=98_770_000_000_000), status=9)],
+        # `yes | head -1`: head's group leader (yes) has ended: named from the table.
+        "pipeline_member_after_its_leader_ended": [
+            fork_record(who(comm=b"bash", ktime_ns=EVENT_TICKS * TICK_NS + 5)),
+            _exec([b"/usr/bin/yes"], who=who(comm=b"yes"), exe=(kernel_dev(254, 1), 4002, 1)),
+            exit_record(who(comm=b"yes", ktime_ns=98_766_000_000_000), status=13),
+            _exec([b"/usr/bin/head", b"-1"],
+                  who=who(pid=4243, tid=4243, vpid=4243, comm=b"head",
+                          start_ns=EVENT_TICKS * TICK_NS + 9, pgid_start_ns=0),
+                  exe=(kernel_dev(254, 1), 4003, 1))],
         # ---- namespaces
         "clone_new_uts_ipc": [ns_record(
             _ns_who(comm=b"python3"), syscall=CLONE, retval=5001, child_pid=5001,
@@ -217,10 +299,10 @@ def _cases() -> dict[str, list[Input]]:
         "setns_einval": [ns_record(_ns_who(comm=b"nsenter"), syscall=SETNS, retval=-22, fd=7,
                                    flags=0, before=HOST_NS, after=HOST_NS)],
         # ---- bash
-        "bash_line": [bash_record(who(), line=b"ls -la /etc")],
-        "bash_line_truncated": [bash_record(who(), line=b"echo " + b"y" * 4091, truncated=1)],
-        "bash_line_non_utf8": [bash_record(who(), line=b"echo caf\xe9 \\x41 \xc3\xa9")],
-        "bash_empty_line": [bash_record(who(), line=b"")],
+        "bash_line": [bash_record(shell(), line=b"ls -la /etc")],
+        "bash_line_truncated": [bash_record(shell(), line=b"echo " + b"y" * 4091, truncated=1)],
+        "bash_line_non_utf8": [bash_record(shell(), line=b"echo caf\xe9 \\x41 \xc3\xa9")],
+        "bash_empty_line": [bash_record(shell(), line=b"")],
         # ---- loss
         "events_lost": [Lost({"exec": 12, "namespace": 0, "bash": 3}, {"total": 27})],
     }

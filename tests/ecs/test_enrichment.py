@@ -102,7 +102,8 @@ def _who(**overrides: object) -> Who:
 def test_final_sub_objects_are_built_once_and_shared() -> None:
     enrich = _enrichment({1000: "alice"}, {8123: "/user.slice"})
     first, second = _who(cgroup_id=8123), _who(cgroup_id=8123, pid=99)
-    assert enrich.user(first) is enrich.user(second)
+    assert enrich.users(first) is enrich.users(second)
+    assert enrich.user(1000) is enrich.user(1000)
     assert enrich.group(1000) is enrich.group(1000)
     assert enrich.cgroup(first) is enrich.cgroup(second)
     assert enrich.namespaces(first, None) is enrich.namespaces(second, None)
@@ -115,13 +116,13 @@ def test_a_name_found_later_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     users: dict[int, str] = {}
     enrich = _enrichment(users, {})
     person = _who(uid=1000, euid=1000, auid=UNSET)
-    assert enrich.user(person) == {"id": "1000", "effective": {"id": "1000"}}
+    assert enrich.users(person) == {"id": "1000", "effective": {"id": "1000"}}
     assert enrich.group(1000) == {"id": "1000"}
     users[1000] = "alice"
-    named = enrich.user(person)
+    named = enrich.users(person)
     assert named == {"id": "1000", "name": "alice",
                      "effective": {"id": "1000", "name": "alice"}}
-    assert enrich.user(person) is named
+    assert enrich.users(person) is named
     assert enrich.group(1000) == {"id": "1000", "name": "alice"}
 
 

@@ -26,7 +26,7 @@ def test_readme_documents_every_field() -> None:
 
 
 def test_every_field_has_a_type_and_a_description() -> None:
-    allowed = {"keyword", "long", "boolean", "date", "date_nanos", "wildcard",
-               "match_only_text"}
+    allowed = {"keyword", "constant_keyword", "long", "boolean", "date", "date_nanos",
+               "wildcard", "match_only_text"}
     assert {t for t, _ in FIELDS.values()} <= allowed
     assert all(d for _, d in FIELDS.values())

@@ -29,7 +29,9 @@ from collector.ecs.enrichment import (
     NamespaceOwners,
     ProcView,
     container_from_cgroup,
+    iso_utc_ns,
 )
+from collector.ecs.processes import Clock, EntityIds, ProcessTable, ProcFacts, ProcSource
 from tests.ecs.golden_cases import (
     BOOT_WALL_NS,
     CASES,
@@ -75,14 +77,39 @@ class GoldenProc(ProcView):
         return None
 
 
+class GoldenProcSource(ProcSource):
+    """The process table's view of the fixed /proc of golden_cases.PROC."""
+
+    def pids(self) -> list[int]:
+        return [pid for pid, proc in PROC.items() if proc.stat]
+
+    def facts(self, pid: int) -> ProcFacts | None:
+        proc = PROC.get(pid)
+        if proc is None or proc.stat is None:
+            return None
+        st = proc.stat
+        tty_nr = (st.tty[0] << 8 | st.tty[1]) if st.tty else 0
+        return ProcFacts(pid=pid, ticks=st.ticks, ppid=st.ppid, pgid=st.pgid, sid=st.sid,
+                         tty_nr=tty_nr, name=os.path.basename(proc.exe)[:15], uid=st.uid,
+                         euid=st.uid, gid=st.uid, vpid=pid, args=list(st.args), exe=proc.exe,
+                         cwd=st.cwd)
+
+    def cwd(self, pid: int) -> str | None:
+        proc = PROC.get(pid)
+        return proc.stat.cwd if proc and proc.stat else None
+
+
 def golden_builder() -> DocumentBuilder:
     """The document builder of the collector, in the fixed world of golden_cases."""
     host_ns = HostNamespaces(dict(HOST_NS), "pid 1")
     proc = GoldenProc()
-    return DocumentBuilder(HOST, Enrichment(
+    enrich = Enrichment(
         host_ns, CgroupPaths("/golden", scan=lambda _mount: dict(CGROUP_PATHS)),
         FixedClock(), NameCache(USERS.__getitem__, GROUPS.__getitem__),
-        NamespaceOwners(host_ns, proc), proc))
+        NamespaceOwners(host_ns, proc), proc)
+    table = ProcessTable(EntityIds(HOST_NS["pid"], HOST.boot_uuid), Clock(BOOT_WALL_NS),
+                         GoldenProcSource(), enrich.user, iso_utc_ns)
+    return DocumentBuilder(HOST, enrich, processes=table)
 
 
 def _document(builder: DocumentBuilder, item: Input) -> dict[str, Any]:

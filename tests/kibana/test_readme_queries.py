@@ -44,7 +44,8 @@ MEANINGS: list[Callable[[Doc], bool]] = [
     and starts(d, "audit_collector.ns.target.container_id", "3f5a0c9e8d7b"),
     lambda d: action(d, "exec") and get(d, "event.outcome") == "failure"
     and get(d, "user.name") == "bob",
-    lambda d: get(d, "user.audit.name") == "alice" and get(d, "user.name") != "alice",
+    lambda d: get(d, "audit_collector.login_user.name") == "alice"
+    and get(d, "user.name") != "alice",
     lambda d: action(d, "exec") and get(d, "user.effective.id") == "0"
     and get(d, "user.id") != "0",
     lambda d: action(d, "exec")

@@ -111,14 +111,13 @@ def who_fields(who: Who) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "process": {"pid": who.pid, "parent": {"pid": who.ppid},
                     "name": who.comm.decode("utf-8", "backslashreplace"),
-                    "interactive": who.tty is not None},
+                    "interactive": who.tty is not None, "vpid": who.vpid},
         "user": {"id": str(who.uid), "effective": {"id": str(who.euid)}},
         "group": {"id": str(who.gid)},
-        "audit_collector": {"vpid": who.vpid,
-                            "namespaces": {k: v for k, v in who.namespaces.items() if v}},
+        "audit_collector": {"namespaces": {k: v for k, v in who.namespaces.items() if v}},
     }
     if who.auid is not None:
-        doc["user"]["audit"] = {"id": str(who.auid)}
+        doc["audit_collector"]["login_user"] = {"id": str(who.auid)}
     if who.sessionid is not None:
         doc["audit_collector"]["session_id"] = who.sessionid
     if who.tty:

@@ -121,12 +121,13 @@ def expected_fields(proc: Mapping[str, Any]) -> dict[str, Any]:
         "user.id": str(proc["uid"]),
         "user.effective.id": str(proc["euid"]),
         "group.id": str(proc["gid"]),
-        "user.audit.id": None if proc["loginuid"] == UNSET_ID else str(proc["loginuid"]),
+        "audit_collector.login_user.id": None if proc["loginuid"] == UNSET_ID
+        else str(proc["loginuid"]),
         "audit_collector.session_id": None if proc["sessionid"] == UNSET_ID
         else proc["sessionid"],
     }
     if proc.get("nspid"):
-        expected["audit_collector.vpid"] = proc["nspid"][-1]
+        expected["process.vpid"] = proc["nspid"][-1]
     device = tty_device(proc["tty_nr"])
     expected["process.interactive"] = device is not None
     expected["process.tty.char_device.major"] = device[0] if device else None

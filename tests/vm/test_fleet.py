@@ -706,7 +706,7 @@ sudo /usr/bin/python3 /tmp/ac-proc-probe.py "$plain" "$nsed"
 
 
 def test_documents_match_proc(fleet: Fleet) -> None:
-    """The BTF offsets on this kernel: process.parent.pid, user.audit.id, session id, tty,
+    """The BTF offsets on this kernel: process.parent.pid, login uid, session id, tty,
     vpid and namespace inodes of two exec documents equal what /proc says in the guest."""
     if not VERIFY:
         pytest.skip("AC_VM_VERIFY=0")

@@ -57,7 +57,7 @@ def test_probe_reads_a_running_process(tmp_path: Path) -> None:
     assert want["process.name"] == exe.name[:15]
     assert want["user.id"] == str(os.getuid())
     assert want["audit_collector.namespaces.mnt"] == os.stat("/proc/self/ns/mnt").st_ino
-    assert want["audit_collector.vpid"] == child.pid  # same pid namespace as this test
+    assert want["process.vpid"] == child.pid  # same pid namespace as this test
     # The controlling terminal is inherited (stdin does not matter): the test runner's.
     own_tty_nr = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[4])
     assert want["process.interactive"] is (own_tty_nr != 0)
@@ -69,27 +69,29 @@ def test_compare_names_each_differing_field() -> None:
             "ns": {"uts": 4026531838, "mnt": 4026531841}, "fd0": "/dev/pts/2",
             "cgroup": "0::/user.slice\n"}
     doc = {
-        "process": {"pid": 10, "parent": {"pid": 1}, "name": "sleep", "interactive": True,
-                    "tty": {"char_device": {"major": 136, "minor": 2}}},
-        "user": {"id": "1000", "effective": {"id": "1000"}, "audit": {"id": "1000"}},
+        "process": {"pid": 10, "vpid": 10, "parent": {"pid": 1}, "name": "sleep",
+                    "interactive": True, "tty": {"char_device": {"major": 136, "minor": 2}}},
+        "user": {"id": "1000", "effective": {"id": "1000"}},
         "group": {"id": "1000"},
-        "audit_collector": {"session_id": 4, "vpid": 10, "tty": {"name": "pts/2"},
+        "audit_collector": {"session_id": 4, "login_user": {"id": "1000"},
+                            "tty": {"name": "pts/2"},
                             "namespaces": {"uts": 4026531838, "mnt": 4026531841},
                             "cgroup": {"path": "/user.slice"}},
     }
     assert compare(doc, proc) == {}
     doc["process"]["parent"]["pid"] = 2
-    del doc["user"]["audit"]
+    del doc["audit_collector"]["login_user"]
     doc["audit_collector"]["namespaces"]["mnt"] = 1
     assert compare(doc, proc) == {
         "process.parent.pid": (2, 1),
-        "user.audit.id": (None, "1000"),
+        "audit_collector.login_user.id": (None, "1000"),
         "audit_collector.namespaces.mnt": (1, 4026531841),
     }
     # Unset login uid and session id: the document must omit them.
-    doc["user"]["audit"] = {"id": "1000"}
+    doc["audit_collector"]["login_user"] = {"id": "1000"}
     unset = {**proc, "loginuid": 4294967295, "sessionid": 4294967295}
-    assert set(compare(doc, unset)) >= {"user.audit.id", "audit_collector.session_id"}
+    assert set(compare(doc, unset)) >= {"audit_collector.login_user.id",
+                                        "audit_collector.session_id"}
 
 
 @pytest.mark.parametrize("junk", ["", "no json here\n"])

@@ -10,7 +10,8 @@ setup installs, idempotently:
    priority are refused by Elasticsearch, so every namespace shares this one;
 3. the data stream ``logs-<dataset>-<namespace>``.
 
-Mappings are generated from `collector.fields.FIELDS` (``@timestamp`` is ``date_nanos``)
+Mappings are generated from `collector.fields.FIELDS` (types and multi-fields as ECS 8.11 defines
+them: ``@timestamp`` is ``date``, its nanoseconds are in ``audit_collector.timestamp``)
 with ``dynamic: false``: a field the table does not know stays in ``_source`` (so `verify`
 can hash it and nobody loses the event) but is not indexed. ``strict`` would reject the
 whole document, i.e. turn a collector/template version skew into lost audit events.
@@ -46,7 +47,7 @@ from collector import __version__
 from collector.delivery.elasticsearch.client import build_client, display_urls
 from collector.delivery.elasticsearch.outcomes import describe, transport_reason
 from collector.delivery.elasticsearch.settings import ClusterConfigError, ClusterSettings
-from collector.fields import FIELDS
+from collector.fields import FIELDS, multi_fields
 
 TEMPLATE_PRIORITY = 200
 KEYWORD_IGNORE_ABOVE = 1024
@@ -76,14 +77,18 @@ def field_properties(fields: dict[str, tuple[str, str]] = FIELDS) -> dict[str, A
             node = entry["properties"]
         if leaf in node:
             raise ValueError(f"fields: {path} is both an object and a leaf")
-        node[leaf] = _leaf_mapping(mapping_type)
+        node[leaf] = _leaf_mapping(path, mapping_type)
     return root
 
 
-def _leaf_mapping(mapping_type: str) -> dict[str, Any]:
+def _leaf_mapping(path: str, mapping_type: str) -> dict[str, Any]:
+    mapping: dict[str, Any] = {"type": mapping_type}
     if mapping_type == "keyword":
-        return {"type": "keyword", "ignore_above": KEYWORD_IGNORE_ABOVE}
-    return {"type": mapping_type}
+        mapping["ignore_above"] = KEYWORD_IGNORE_ABOVE
+    subs = multi_fields(path)
+    if subs:
+        mapping["fields"] = {name: {"type": sub_type} for name, sub_type in subs}
+    return mapping
 
 
 def _content_hash(body: dict[str, Any]) -> str:
@@ -205,6 +210,12 @@ def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None,
         template_changed = results[-1] != "already up to date"
         status = _ensure_data_stream(client, cfg, template_changed)
         print(f"data stream {cfg.elasticsearch.data_stream}: {status}", file=out)
+        # A stream made before setup (e.g. logsdb by Elasticsearch 9's built-in template)
+        # takes the new mappings but stays unusable: say so here, not first in the agent.
+        guard = stream_guard(client, cfg)
+        if not guard.ok:
+            print(f"setup incomplete: {guard.reason}", file=err)
+            return 1
     except (ApiError, TransportError) as exc:
         print(f"setup failed: {error_text(exc, cfg)}", file=err)
         return 1

@@ -1,6 +1,7 @@
 """The `elasticsearch:` section of the configuration: cluster, credentials, retries, ILM."""
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Protocol
 
 import msgspec
@@ -105,3 +106,16 @@ def cluster_urls(cfg: ClusterSettings) -> list[str]:
         if host.rstrip("/") not in urls:
             urls.append(host.rstrip("/"))
     return urls
+
+
+class DeadLetterSettings(Protocol):
+    @property
+    def state_dir(self) -> str: ...
+
+    @property
+    def elasticsearch(self) -> ElasticsearchConfig: ...
+
+
+def dead_letter_path(cfg: DeadLetterSettings) -> Path:
+    """Where rejected documents go: elasticsearch.dead_letter_file, else in state_dir."""
+    return Path(cfg.elasticsearch.dead_letter_file or Path(cfg.state_dir) / "dead-letter.ndjson")

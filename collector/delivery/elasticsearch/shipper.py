@@ -74,6 +74,7 @@ from collector.delivery.elasticsearch.outcomes import (
     describe,
     request_error_class,
 )
+from collector.delivery.elasticsearch.settings import dead_letter_path
 from collector.delivery.metrics import DeliveryMetrics, error_type_label
 from collector.delivery.settings import DeliverySettings
 from collector.delivery.spool import Record, Spool
@@ -170,8 +171,11 @@ class DeadLetterFile:
         }) + b"\n"
         with self._lock:
             try:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self._path, "ab") as handle:
+                self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Rejected documents hold typed bash lines: owner-only, whatever the umask.
+                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o600)
+                with os.fdopen(fd, "ab") as handle:
                     handle.write(line)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -240,8 +244,7 @@ class Shipper:
         self._index = es.data_stream
         self._retry = es.retry
         self._window = BatchWindow(cfg.batch)
-        dead_letter = es.dead_letter_file or str(Path(cfg.state_dir) / "dead-letter.ndjson")
-        self.dead_letters = DeadLetterFile(Path(dead_letter))
+        self.dead_letters = DeadLetterFile(dead_letter_path(cfg))
         self._stop = threading.Event()
         self._draining = threading.Event()
         # Ids already settled in a batch that had to be released: not sent again.

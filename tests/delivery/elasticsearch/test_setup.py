@@ -52,7 +52,8 @@ def test_properties_cover_every_field() -> None:
     properties = field_properties()
     for path, (mapping_type, _) in FIELDS.items():
         assert lookup(properties, path)["type"] == mapping_type
-    assert lookup(properties, "@timestamp") == {"type": "date_nanos"}
+    assert lookup(properties, "@timestamp") == {"type": "date"}  # ECS
+    assert lookup(properties, "audit_collector.timestamp") == {"type": "date_nanos"}
 
 
 def test_setup_installs_everything_once(server: ESTestServer, tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ def test_setup_installs_everything_once(server: ESTestServer, tmp_path: Path) ->
     assert server.data_stream_names() == [DATA_STREAM]
     mapping = server.mapping(DATA_STREAM)
     assert mapping["dynamic"] in (False, "false")
-    assert lookup(mapping["properties"], "@timestamp")["type"] == "date_nanos"
+    assert lookup(mapping["properties"], "@timestamp")["type"] == "date"
     assert lookup(mapping["properties"], "process.args")["type"] == "keyword"
     assert lookup(mapping["properties"], "audit_collector.chain.hash")["type"] == "keyword"
 

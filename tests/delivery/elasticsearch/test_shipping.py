@@ -90,6 +90,8 @@ def test_mapping_errors_go_to_the_dead_letter_file_and_are_reported(
     assert sorted(synthetic) == sorted(set(run.ids) - set(rejected))
     assert sorted(dead_letter_ids(cfg)) == sorted(rejected)
     assert metric(metrics, "audit_collector_dead_letters_total") == 20
+    dead_letters = Path(cfg.elasticsearch.dead_letter_file or "")
+    assert dead_letters.stat().st_mode & 0o777 == 0o600  # typed lines: owner-only
     assert metric(metrics, "audit_collector_events_lost_total", kind="document",
                   where="dead_letter") == 20
     line = orjson.loads(Path(cfg.elasticsearch.dead_letter_file or "").read_bytes()
