@@ -5,6 +5,7 @@ from __future__ import annotations
 from tests.vm.test_fleet import (
     RELEASES,
     FleetSpec,
+    exposure_of,
     failure_messages,
     fleet_specs,
     play_recap,
@@ -62,3 +63,10 @@ def test_previous_version_unsupported_only_for_its_python() -> None:
         "ac-mixed-2": ["Install | Install the wheel set: non-zero return code"],
     }
     assert previous_unsupported(failures) == {"ac-mixed-1": failures["ac-mixed-1"][0]}
+
+
+def test_exposure_of_reads_the_overall_level() -> None:
+    output = ("  ✓ SystemCallFilter=~@swap   System call deny list defined\n"
+              "\u2192 Overall exposure level for audit-collector.service: 2.8 OK \U0001f642\n")
+    assert exposure_of(output) == 2.8
+    assert exposure_of("Failed to get unit: Unit audit-collector.service not loaded.") is None
