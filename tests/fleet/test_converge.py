@@ -195,7 +195,9 @@ def test_restart_is_not_lost_when_a_later_task_fails(failing_run: Run) -> None:
     assert {r["host"] for r in failed} == set(INSTALLED), failing_run.explain()
     for result in failed:
         assert result["task"].endswith("Service | Fail when Elasticsearch could not be set up")
-        assert "setup failed" in result["msg"]
+        # The reason, from setup's stderr, not only that it failed.
+        assert "setup failed: cannot connect to http://127.0.0.1:9" in result["msg"], \
+            result["msg"]
         handler = failing_run.results(task="Restart audit-collector", host=result["host"])
         assert handler and handler[0]["start"] < result["start"], failing_run.explain()
 

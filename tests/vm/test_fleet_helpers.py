@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tests.vm.test_fleet import RELEASES, FleetSpec, failure_messages, fleet_specs, play_recap
+from tests.vm.test_fleet import (
+    RELEASES,
+    FleetSpec,
+    exposure_of,
+    failure_messages,
+    fleet_specs,
+    play_recap,
+    previous_unsupported,
+)
 
 ANSIBLE_OUTPUT = "\n".join([
     "TASK [Preflight | Stop on hosts that cannot run the collector] *****",
@@ -44,3 +52,21 @@ def test_recap_and_failure_messages() -> None:
         "localhost": ["non-zero return code: ERROR: Package 'audit-collector' requires a "
                       "different Python"],
     }
+
+
+def test_previous_version_unsupported_only_for_its_python() -> None:
+    """An upgrade needs the old version running: a release whose Python it refused is
+    installed fresh, any other failure of the old rollout is one."""
+    failures = {
+        "ac-mixed-1": ["audit-collector cannot run on ac-mixed-1: /usr/bin/python3 is 3.9, "
+                       "the collector needs Python >= 3.11"],
+        "ac-mixed-2": ["Install | Install the wheel set: non-zero return code"],
+    }
+    assert previous_unsupported(failures) == {"ac-mixed-1": failures["ac-mixed-1"][0]}
+
+
+def test_exposure_of_reads_the_overall_level() -> None:
+    output = ("  ✓ SystemCallFilter=~@swap   System call deny list defined\n"
+              "\u2192 Overall exposure level for audit-collector.service: 2.8 OK \U0001f642\n")
+    assert exposure_of(output) == 2.8
+    assert exposure_of("Failed to get unit: Unit audit-collector.service not loaded.") is None

@@ -9,6 +9,7 @@ from tests.vm.upgrade import (
     export_previous,
     inventory_from_ssh_config,
     marker_script,
+    min_python_of,
     parse_ssh_config,
     sequence_problems,
 )
@@ -67,6 +68,18 @@ def test_inventory_from_vagrant_ssh_config(tmp_path: Path) -> None:
     assert text[1].startswith("ac-bookworm-1 ansible_host=192.168.121.23 ansible_port=22 "
                               "ansible_user=vagrant ansible_ssh_private_key_file=/x/dotvagrant/")
     assert "ansible_port=2222" in text[2] and "private_key_file=/y/key " in text[2]
+
+    only = inventory_from_ssh_config(SSH_CONFIG, tmp_path, only=["ac-trixie-1"]).read_text()
+    assert "ac-trixie-1 " in only and "ac-bookworm-1" not in only
+
+
+def test_min_python_of_an_exported_tree(tmp_path: Path) -> None:
+    assert min_python_of(REPO) == (3, 9)  # this tree: ansible/roles/...
+    old = tmp_path / "roles" / "audit_collector" / "defaults"  # older trees: roles/...
+    old.mkdir(parents=True)
+    (old / "main.yml").write_text('x: 1\naudit_collector_preflight_min_python: "3.11"\n')
+    assert min_python_of(tmp_path) == (3, 11)
+    assert min_python_of(tmp_path / "roles" / "audit_collector" / "defaults") is None
 
 
 def test_export_previous_is_the_ref_tree(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ then the upgrade. What must hold afterwards:
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import tarfile
 from collections.abc import Iterable, Mapping
@@ -57,12 +58,29 @@ def parse_ssh_config(text: str) -> dict[str, dict[str, str]]:
     return hosts
 
 
-def inventory_from_ssh_config(text: str, directory: Path, group: str = "audit_collector"
-                              ) -> Path:
-    """An INI inventory of the VMs (group `group`) for ansible-playbook runs that do not go
-    through Vagrant's provisioner (the previous version's playbook, the uninstall)."""
+def min_python_of(tree: Path) -> tuple[int, ...] | None:
+    """The role's preflight minimum Python in an exported tree (None when it has none)."""
+    for roles in ("ansible/roles", "roles"):  # the collection's layout, the older one
+        defaults = tree / roles / "audit_collector" / "defaults" / "main.yml"
+        if not defaults.exists():
+            continue
+        found = re.search(r'^audit_collector_preflight_min_python:\s*"?([0-9.]+)"?\s*$',
+                          defaults.read_text(), re.M)
+        if found:
+            return tuple(int(part) for part in found.group(1).split("."))
+    return None
+
+
+def inventory_from_ssh_config(text: str, directory: Path, group: str = "audit_collector",
+                              only: Iterable[str] | None = None) -> Path:
+    """An INI inventory of the VMs (group `group`; the hosts in `only`, if given) for
+    ansible-playbook runs that do not go through Vagrant's provisioner (the previous
+    version's playbook, the uninstall)."""
+    keep = set(only) if only is not None else None
     lines = [f"[{group}]"]
     for host, opts in parse_ssh_config(text).items():
+        if keep is not None and host not in keep:
+            continue
         lines.append(
             f"{host} ansible_host={opts['hostname']} ansible_port={opts.get('port', '22')} "
             f"ansible_user={opts.get('user', 'vagrant')} "

@@ -4,6 +4,15 @@
   build SRC DEST PATH... --python PY          reproducible wheel of SRC into DEST
   lock LOCK WHEEL OUT                         LOCK with the collector pinned to WHEEL's hash
   deps LOCK OUT                               LOCK without the collector (its dependencies)
+  select LOCK TAG OUT                         the entries of LOCK that a host of TAG
+                                              ("cp39-x86_64") installs
+
+The lock is universal (one file for every supported Python): an entry may carry an
+environment marker (`orjson==3.11.5 ; python_full_version < '3.10'`). The host's pip
+evaluates those itself, but the controller's `pip download --python-version` evaluates
+them against the controller's own Python, so the controller selects each host type's
+entries first (select: the markers evaluated for that host type and dropped) and
+downloads exactly those.
 
 A build copies only PATHs (never README.md: the wheel gets a one-line stub instead, so a
 README edit neither changes the wheel nor restarts a fleet), normalises file modes, fixes
@@ -124,6 +133,53 @@ def pin_collector(lock_text: str, wheel: Path) -> str:
     return without_collector(lock_text) + entry
 
 
+def lock_entries(lock_text: str) -> list[list[str]]:
+    """The lock's lines grouped: a requirement with its indented hash and comment lines,
+    or a top-level comment or blank line alone."""
+    groups: list[list[str]] = []
+    for line in lock_text.splitlines():
+        if groups and line[:1].isspace():
+            groups[-1].append(line)
+        else:
+            groups.append([line])
+    return groups
+
+
+def marker_environment(tag: str) -> dict[str, str]:
+    """PEP 508 marker values of a Linux CPython host of TAG (cpXY-ARCH). The patch
+    level is unknown (one set serves every X.Y host): X.Y.0 (uv's universal locks split
+    at minor versions)."""
+    match = re.fullmatch(r"cp(\d)(\d+)-(\w+)", tag)
+    if not match:
+        raise SystemExit(f"wheelset: {tag!r} is not a host type like cp39-x86_64")
+    major, minor, arch = match.groups()
+    return {"python_version": f"{major}.{minor}", "python_full_version": f"{major}.{minor}.0",
+            "implementation_name": "cpython", "implementation_version": f"{major}.{minor}.0",
+            "platform_python_implementation": "CPython", "platform_system": "Linux",
+            "sys_platform": "linux", "os_name": "posix", "platform_machine": arch,
+            "platform_release": "", "platform_version": "", "extra": ""}
+
+
+def select_for(lock_text: str, tag: str) -> str:
+    """The entries of the lock that a TAG host installs, without their markers (pip
+    download would evaluate them against the controller's Python)."""
+    try:
+        from packaging.markers import Marker
+    except ImportError:  # a controller Python without packaging still has pip's copy
+        from pip._vendor.packaging.markers import Marker
+    env = marker_environment(tag)
+    kept: list[str] = []
+    for group in lock_entries(lock_text):
+        first = group[0]
+        requirement, sep, marker = first.rstrip("\\ ").partition(";")
+        if sep and not first.startswith("#"):
+            if not Marker(marker).evaluate(env):
+                continue
+            first = requirement.rstrip() + (" \\" if first.endswith("\\") else "")
+        kept += [first, *group[1:]]
+    return "\n".join(kept).rstrip("\n") + "\n"
+
+
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -149,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     dp = sub.add_parser("deps")
     dp.add_argument("lock", type=Path)
     dp.add_argument("out", type=Path)
+    sl = sub.add_parser("select")
+    sl.add_argument("lock", type=Path)
+    sl.add_argument("tag")
+    sl.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "fingerprint":
         print(fingerprint(args.src, args.paths, args.extra))
@@ -156,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(build(args.src, args.dest, args.paths, args.python))
     elif args.command == "lock":
         write_atomically(args.out, pin_collector(args.lock.read_text(), args.wheel))
+    elif args.command == "select":
+        write_atomically(args.out, select_for(args.lock.read_text(), args.tag))
     else:
         write_atomically(args.out, without_collector(args.lock.read_text()))
     return 0
