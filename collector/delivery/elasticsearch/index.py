@@ -175,12 +175,16 @@ def _ensure_template(client: Elasticsearch, cfg: ClusterSettings) -> str:
 def _ensure_data_stream(client: Elasticsearch, cfg: ClusterSettings, template_changed: bool) -> str:
     name = cfg.elasticsearch.data_stream
     try:
-        client.indices.get_data_stream(name=name)
+        found = client.indices.get_data_stream(name=name).body.get("data_streams") or []
     except NotFoundError:
         client.indices.create_data_stream(name=name)
         return "created"
     if not template_changed:
         return "already exists"
+    if found and found[0].get("template") != template_name(cfg):
+        # Built from another template (e.g. Elasticsearch's own logs-*-*): its mappings
+        # conflict with ours; the check after this step says how to roll it over.
+        return f"already exists, built from index template {found[0].get('template')!r}"
     # New fields reach the existing backing indices at once; other changes at rollover.
     mappings = mappings_body()
     client.indices.put_mapping(index=name, properties=mappings["properties"], dynamic=False)

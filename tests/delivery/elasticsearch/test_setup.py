@@ -128,6 +128,24 @@ def test_check_fails_on_a_stream_the_collector_did_not_set_up(tmp_path: Path) ->
     assert "logsdb" in stream.detail or "template" in stream.detail, stream.line()
 
 
+def test_setup_on_a_stream_from_another_template_says_how_to_roll_it_over(
+        tmp_path: Path) -> None:
+    """A stream an older collector created before any setup (Elasticsearch's built-in
+    logs template): our mappings conflict with its, so setup names the stream's template
+    and the rollover instead of failing on a mapping error."""
+    with ESTestServer(major=8) as server:
+        cfg = make_config(tmp_path, server.url)
+        client = Elasticsearch(server.url)
+        client.index(index=DATA_STREAM, document={"@timestamp": "2026-01-01T00:00:00Z",
+                                                  "message": "written before setup"})
+        client.close()
+        status, lines = run_setup(cfg)
+    text = "\n".join(lines)
+    assert status == 1, text
+    assert "built from index template" in text and f"{DATA_STREAM}/_rollover" in text, text
+    assert "cannot be changed" not in text, text
+
+
 def test_unreachable_cluster(tmp_path: Path) -> None:
     port = closed_port()
     cfg = make_config(tmp_path, f"http://127.0.0.1:{port}")
