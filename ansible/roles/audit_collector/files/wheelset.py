@@ -147,14 +147,15 @@ def lock_entries(lock_text: str) -> list[list[str]]:
 
 def marker_environment(tag: str) -> dict[str, str]:
     """PEP 508 marker values of a Linux CPython host of TAG (cpXY-ARCH). The patch
-    level is unknown (one set serves every X.Y host): X.Y.0 (uv's universal locks split
-    at minor versions)."""
+    level is unknown (one set serves every X.Y host): a current one, X.Y.99, since a lock
+    may split inside a minor version (cryptography: 3.9.0 and 3.9.1 get an older release;
+    the distributions ship later patch levels, Debian 11 3.9.2)."""
     match = re.fullmatch(r"cp(\d)(\d+)-(\w+)", tag)
     if not match:
         raise SystemExit(f"wheelset: {tag!r} is not a host type like cp39-x86_64")
     major, minor, arch = match.groups()
-    return {"python_version": f"{major}.{minor}", "python_full_version": f"{major}.{minor}.0",
-            "implementation_name": "cpython", "implementation_version": f"{major}.{minor}.0",
+    return {"python_version": f"{major}.{minor}", "python_full_version": f"{major}.{minor}.99",
+            "implementation_name": "cpython", "implementation_version": f"{major}.{minor}.99",
             "platform_python_implementation": "CPython", "platform_system": "Linux",
             "sys_platform": "linux", "os_name": "posix", "platform_machine": arch,
             "platform_release": "", "platform_version": "", "extra": ""}
