@@ -11,8 +11,9 @@ Objects (ids are stable: `setup --kibana` overwrites them on every install):
   counts as bytes, ``date_nanos`` fields with nanoseconds; labels and popularity for the
   fields an analyst starts from;
 * saved searches: executions, failed executions, privileged commands, namespace entries,
-  interactive bash commands, losses and collector health;
-* Lens: executions over time per host, top users, top executables, losses per host;
+  interactive bash commands, losses and collector health, sessions (entry leaders);
+* Lens: executions over time per host, top users, top executables, losses per host,
+  heartbeat silence per host;
 * the dashboard ``audit-collector-overview`` with those and three saved-search tables.
 
 Parts that need fields or documents the collector does not write yet are written below
