@@ -219,6 +219,7 @@ def _load_phase(args: argparse.Namespace, loadgen: CLoadgen, tracer: CollectorTo
     """The load, the outages and the samples, until the spool has drained after the load."""
     info: dict[str, Any] = {}
     t0 = time.monotonic()
+    info["started_unix_ns"] = time.time_ns()  # t0 on the wall clock documents are stamped with
     sampler = Sampler(tracer, t0, args.sample_s)
     sampler.start()
     try:

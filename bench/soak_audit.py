@@ -109,6 +109,7 @@ class Audit:
         self.ringbuf_lost: Counter[str] = Counter()
         self.loss_reports = 0
         self.execs: Counter[int] = Counter()
+        self.exec_times: dict[int, int] = {}  # marker number -> its document's @timestamp (ns)
         self.bash: Counter[int] = Counter()
         self._ns_tools: dict[int, list[tuple[int, int]]] = defaultdict(list)  # n -> (pid, ts)
         self._ns_true: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -155,6 +156,7 @@ class Audit:
             number = _number(args[1], self._exec_prefix)
             if number is not None:
                 self.execs[number] += 1
+                self.exec_times.setdefault(number, timestamp_ns(source["@timestamp"]))
             return
         mark = args[-1]
         if not mark.startswith(self._ns_prefix):
@@ -195,7 +197,8 @@ class Audit:
             "hosts": {host: _sequence_check(h) for host, h in self._hosts.items()},
             "events_lost_reports": {"count": self.loss_reports,
                                     "ringbuf": dict(self.ringbuf_lost)},
-            "exec": _numbered_check(self.execs, self.issued.execs),
+            "exec": {**_numbered_check(self.execs, self.issued.execs),
+                     **_missing_runs(self.execs, self.issued.execs, self.exec_times)},
             "bash": _numbered_check(self.bash, self.issued.bash_lines),
             "namespace": self._namespace_check(),
         }
@@ -251,6 +254,26 @@ def _numbered_check(found: Counter[int], expected: int) -> dict[str, Any]:
         "first_missing": missing[:EXAMPLES],
         "first_duplicated": duplicated[:EXAMPLES],
     }
+
+
+def _missing_runs(found: Counter[int], expected: int, times: dict[int, int]) -> dict[str, Any]:
+    """Runs of consecutive missing numbers, the largest first, each with the @timestamps of
+    the nearest numbers found before and after it: when the lost events happened (the
+    numbers alone do not say, since a paced load falls behind its schedule unevenly)."""
+    runs: list[tuple[int, int]] = []
+    for n in range(expected):
+        if found[n]:
+            continue
+        if runs and runs[-1][1] == n - 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    largest = sorted(runs, key=lambda r: (r[0] - r[1], r[0]))[:EXAMPLES]
+    return {"missing_runs": len(runs),
+            "largest_missing_runs": [
+                {"first": lo, "last": hi, "count": hi - lo + 1,
+                 "after_ns": times.get(lo - 1), "before_ns": times.get(hi + 1)}
+                for lo, hi in largest]}
 
 
 def _sequence_check(host: _Host) -> dict[str, Any]:

@@ -250,7 +250,25 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         f"{info['server_stats'].get('bulk.items.conflict', 0)}; spool empty "
         f"{info['final_drain_s']} s after the load",
     ]
+    lines += missing_run_lines(audit["exec"], info.get("started_unix_ns"))
     if verified:
         tail = verified["output"][-1].strip() if verified.get("output") else ""
         lines.append(f"audit-collector verify: exit {verified['exit_code']} ({tail})")
     return lines
+
+
+def missing_run_lines(execs: dict[str, Any], started_unix_ns: int | None) -> list[str]:
+    """Where the missing exec markers were, in seconds since the load started (from the
+    documents on either side of each run of missing numbers)."""
+    runs = execs.get("largest_missing_runs") or []
+    if not runs:
+        return []
+
+    def at(ns: int | None) -> str:
+        if ns is None or started_unix_ns is None:
+            return "?"
+        return f"{(ns - started_unix_ns) / 1e9:.1f}"
+
+    shown = "; ".join(f"{r['first']}-{r['last']} ({r['count']:,}) between t = {at(r['after_ns'])}"
+                      f" and {at(r['before_ns'])} s" for r in runs[:3])
+    return [f"exec markers missing in {execs['missing_runs']:,} runs; largest: {shown}"]

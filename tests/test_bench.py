@@ -16,7 +16,7 @@ from bench.profile import summarize
 from bench.report import table
 from bench.soak import outage_starts
 from bench.soak_audit import Audit, Issued, bash_line, ns_marker
-from bench.soak_report import Outage, drains
+from bench.soak_report import Outage, drains, missing_run_lines
 from bench.storm_report import es_targets
 from bench.tracers import parse_metrics
 
@@ -157,6 +157,21 @@ def test_soak_audit_counts_missing_and_doubled_markers() -> None:
     assert (execs["once"], execs["missing"], execs["duplicated"]) == (1, 1, 1)
     assert (execs["first_missing"], execs["first_duplicated"]) == ([1], [2])
     assert (result["bash"]["once"], result["bash"]["missing"]) == (1, 1)
+
+
+def test_soak_audit_dates_each_run_of_missing_markers_by_its_neighbours() -> None:
+    found = [0, 1, 4, 5, 9]  # missing: 2-3 and 6-8 (and nothing after 9)
+    docs = [_exec(str(n), n, ["/bin/true", f"R-e-{n}"], ts=f"{10 + n:02d}") for n in found]
+    execs = Audit(Issued("R", execs=10)).feed_all(docs).result()["exec"]
+    assert execs["missing"] == 5 and execs["missing_runs"] == 2
+    big, small = execs["largest_missing_runs"]
+    assert (big["first"], big["last"], big["count"]) == (6, 8, 3)
+    second = 1_000_000_000
+    assert (big["before_ns"] - big["after_ns"]) == 4 * second  # 00:00:15 .. 00:00:19
+    assert (small["first"], small["last"]) == (2, 3)
+    (line,) = missing_run_lines(execs, started_unix_ns=big["after_ns"] - 5 * second)
+    assert "in 2 runs" in line and "6-8 (3) between t = 5.0 and 9.0 s" in line
+    assert missing_run_lines({"largest_missing_runs": []}, None) == []
 
 
 def test_soak_audit_ties_namespace_events_to_their_tool_by_pid_and_time() -> None:
