@@ -83,7 +83,7 @@ class Pipeline:
         for sink in self._sinks:
             sink.flush()
         if self._spool is not None:
-            self._spool.flush()
+            self._spool.flush_soon()  # the fsync waits on the disk off the capture thread
             self.losses.acknowledged(self._spool.acked_seq)
         self._report_losses(force=False)
         if self.checkpoints is not None and self.checkpoints.due_by_time(self._sealer.head):

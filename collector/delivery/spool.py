@@ -39,6 +39,10 @@ DIR is 0700 and must be a real directory of this user; files are 0600.
   there instead of being read back from disk. Everything else is unchanged: the same
   records, only once fsynced, pinned, acknowledged through the same cursor. The disk is
   read for a backlog older than what memory holds, and after a restart.
+* Syncing: `flush` fsyncs on the caller's thread; `flush_soon` (the pipeline's tick, i.e.
+  the capture thread) hands the fsync to a syncer thread, so the capture loop does not wait
+  on the disk. The syncer fsyncs a duplicate of the active segment's descriptor and only
+  then makes the bytes written before the call readable: the rule above holds unchanged.
 """
 
 from __future__ import annotations
@@ -304,6 +308,9 @@ class Spool:
         self._recent_bytes = 0
         self._memory_bytes = memory_bytes
         self.findings: deque[SpoolFinding] = deque(maxlen=MAX_FINDINGS)
+        self._sync_wanted = threading.Event()
+        self._syncer: threading.Thread | None = None
+        self._closing = False
         self._dir_fd = open_private_dir(self._dir, "spool.dir")
         remove_stale_temps(self._dir_fd, ACK_FILE)
         self._cursor = (0, 0)
@@ -349,6 +356,18 @@ class Spool:
         with self._lock:
             self._sync_active()
             self._data_ready.notify_all()
+
+    def flush_soon(self) -> None:
+        """Like `flush`, with the fsync done by the syncer thread (the records become
+        readable once it is done); without fsync there is nothing to wait for."""
+        if self._cfg.fsync != "batch":
+            self.flush()
+            return
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="spool-sync",
+                                            daemon=True)
+            self._syncer.start()
+        self._sync_wanted.set()
 
     def wait_for_data(self, timeout: float) -> bool:
         with self._lock:
@@ -442,6 +461,10 @@ class Spool:
         return self._acked_seq
 
     def close(self) -> None:
+        if self._syncer is not None:
+            self._closing = True
+            self._sync_wanted.set()
+            self._syncer.join()
         with self._lock:
             self._recent.clear()
             self._recent_bytes = 0
@@ -738,6 +761,39 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.fsync(self._fd)
         active.readable = active.size
+
+    def _sync_loop(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            if self._closing:
+                return
+            try:
+                self._sync_in_background()
+            except Exception:  # the thread must outlive a bug; close() still syncs
+                self._log_odd(log.exception, "spool: unexpected error syncing")
+
+    def _sync_in_background(self) -> None:
+        """fsync what the active segment holds now, then make it readable. The descriptor is
+        duplicated under the lock: a rotation may close the original meanwhile."""
+        with self._lock:
+            if not self._segments or self._fd is None:
+                return
+            active = self._active()
+            if active.readable >= active.size:
+                return
+            synced_to, fd = active.size, os.dup(self._fd)
+        try:
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            # The same segment object: an emptied spool may recreate a file of that id.
+            if self._segments.get(active.id) is active and \
+                    active.readable < synced_to <= active.size:
+                active.readable = synced_to
+            self._data_ready.notify_all()
 
     # ------------------------------------------------------------------ dropping
 

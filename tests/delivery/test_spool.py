@@ -62,6 +62,48 @@ def test_records_are_invisible_to_the_shipper_until_flushed(tmp_path: Path,
     assert [r.seq for r in spool.read_batch(10, 1 << 20)] == [1]
 
 
+@READ_PATHS
+def test_a_background_sync_makes_records_readable_only_after_the_fsync(
+        tmp_path: Path, memory_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flush_soon (the capture thread's) fsyncs on the syncer thread: nothing is readable
+    until that fsync has returned, and records appended meanwhile wait for the next one."""
+    entered, release, synced_fds = threading.Event(), threading.Event(), []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        assert release.wait(10)
+        real_fsync(fd)
+        synced_fds.append(fd)
+
+    spool = Spool(spool_cfg(tmp_path), memory_bytes=memory_bytes)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    spool.append(1, "id-1", b"{}")
+    spool.flush_soon()
+    assert entered.wait(10)
+    spool.append(2, "id-2", b"{}")  # appends go on while the disk is busy
+    assert not spool.wait_for_data(0.2)
+    assert spool.read_batch(10, 1 << 20) == []
+    release.set()
+    assert spool.wait_for_data(10)
+    assert [r.seq for r in spool.read_batch(10, 1 << 20)] == [1]  # 2 came after the fsync
+    assert synced_fds and threading.current_thread().name != "spool-sync"
+    spool.release()
+    spool.flush_soon()
+    deadline, seqs = time.monotonic() + 10, [1]
+    while seqs == [1] and time.monotonic() < deadline:
+        time.sleep(0.01)
+        seqs = [r.seq for r in spool.read_batch(10, 1 << 20)]
+        spool.release()
+    assert seqs == [1, 2]
+    spool.close()
+    assert again_readable(tmp_path) == [1, 2]
+
+
+def again_readable(path: Path) -> list[int]:
+    return read_all(Spool(spool_cfg(path)))
+
+
 def test_torn_tail_is_cut_and_good_records_kept(tmp_path: Path) -> None:
     spool = Spool(spool_cfg(tmp_path, segment_bytes=1 << 20))
     fill(spool, 1, 50)
