@@ -85,6 +85,7 @@ class ElasticsearchApi:
             ("GET", "/_data_stream", "data_stream", self.get_data_streams),
             ("GET", "/_data_stream/{name}", "data_stream", self.get_data_streams),
             ("PUT", "/_data_stream/{name}", "data_stream", self.put_data_stream),
+            ("POST", "/{index}/_rollover", "rollover", self.rollover),
             ("GET", "/_ilm/policy/{name}", "ilm", self.get_ilm_policy),
             ("PUT", "/_ilm/policy/{name}", "ilm", self.put_ilm_policy),
             ("GET", "/{index}/_mapping", "mapping", self.get_mapping),
@@ -185,6 +186,12 @@ class ElasticsearchApi:
 
     def put_data_stream(self, call: Call) -> Result:
         return 200, self.cluster.put_data_stream(call.path["name"])
+
+    def rollover(self, call: Call) -> Result:
+        if call.json().get("conditions"):
+            raise es_error(400, "illegal_argument_exception", "rollover conditions are not "
+                           "implemented by this test server (an unconditional rollover is)")
+        return 200, self.cluster.rollover(call.path["index"], call.flag("dry_run"))
 
     def get_ilm_policy(self, call: Call) -> Result:
         return 200, self.cluster.get_ilm(call.path["name"])

@@ -1033,6 +1033,28 @@ class Cluster:
             self._create_data_stream(name, tpl)
         return {"acknowledged": True}
 
+    def rollover(self, target: str, dry_run: bool) -> dict[str, Any]:
+        """POST /<data stream>/_rollover without conditions: a new write index, made from the
+        index template that matches the stream *now* (as in Elasticsearch: a changed or new
+        template reaches a stream at its next rollover). Aliases are not implemented."""
+        with self.lock:
+            ds = self.data_streams.get(target)
+            if ds is None:
+                raise index_not_found(target)
+            tpl = self.find_template(ds.name)
+            if tpl is None or tpl[1].get("data_stream") is None:
+                raise illegal_argument(f"no matching index template found for data stream "
+                                       f"[{ds.name}]")
+            old = ds.write_index.name
+            if not dry_run:
+                ds.template, ds.tpl_body = tpl
+                new = self._rollover(ds).name
+            else:
+                new = f"{old[:-6]}{ds.generation + 1:06d}"
+        return {"acknowledged": not dry_run, "shards_acknowledged": not dry_run,
+                "old_index": old, "new_index": new, "rolled_over": not dry_run,
+                "dry_run": dry_run, "lazy": False, "conditions": {}}
+
     def get_data_streams(self, name: str | None) -> dict[str, Any]:
         with self.lock:
             sel: list[DataStream] = []

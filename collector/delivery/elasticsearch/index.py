@@ -179,16 +179,56 @@ def _ensure_data_stream(client: Elasticsearch, cfg: ClusterSettings, template_ch
     except NotFoundError:
         client.indices.create_data_stream(name=name)
         return "created"
+    stream = found[0] if found else {}
+    foreign, mode = stream.get("template"), stream.get("index_mode")
+    if foreign is not None and foreign != template_name(cfg):
+        # Built from another template (e.g. Elasticsearch's own logs-*-*, when an older
+        # collector shipped before any setup): only a new write index takes ours.
+        return _roll_over(client, name, f"it was built from index template {foreign!r}")
+    if mode not in (None, "standard"):
+        return _roll_over(client, name, f"its write index is in index.mode {mode}")
     if not template_changed:
         return "already exists"
-    if found and found[0].get("template") != template_name(cfg):
-        # Built from another template (e.g. Elasticsearch's own logs-*-*): its mappings
-        # conflict with ours; the check after this step says how to roll it over.
-        return f"already exists, built from index template {found[0].get('template')!r}"
-    # New fields reach the existing backing indices at once; other changes at rollover.
-    mappings = mappings_body()
-    client.indices.put_mapping(index=name, properties=mappings["properties"], dynamic=False)
+    properties = mappings_body()["properties"]
+    backing = (stream.get("indices") or [{}])[-1].get("index_name")
+    changed = _changed_types(client, backing or name, properties)
+    if changed:
+        # A field's type cannot change in place (an upgrade from a collector that mapped
+        # @timestamp as date_nanos): the new write index gets the template's mappings.
+        return _roll_over(client, name, f"the type of {', '.join(changed[:3])} changed")
+    # New fields reach the existing write index at once.
+    client.indices.put_mapping(index=name, properties=properties, dynamic=False)
     return "already exists; mappings updated"
+
+
+def _roll_over(client: Elasticsearch, name: str, why: str) -> str:
+    done = client.indices.rollover(alias=name).body
+    return (f"already exists; {why}: rolled over to {done.get('new_index')} (earlier "
+            "backing indices keep their mappings)")
+
+
+def _changed_types(client: Elasticsearch, write_index: str,
+                   properties: dict[str, Any]) -> list[str]:
+    """Fields whose type in the stream's write index differs from the template's."""
+    found = client.indices.get_mapping(index=write_index).body
+    if not found:
+        return []
+    mappings = next(iter(found.values())).get("mappings") or {}
+    existing = _leaf_types(mappings.get("properties") or {})
+    wanted = _leaf_types(properties)
+    return sorted(path for path, type_ in wanted.items()
+                  if path in existing and existing[path] != type_)
+
+
+def _leaf_types(properties: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, spec in properties.items():
+        path = f"{prefix}{name}"
+        if "properties" in spec:
+            out.update(_leaf_types(spec["properties"], f"{path}."))
+        else:
+            out[path] = str(spec.get("type", "object"))
+    return out
 
 
 def setup_cluster(cfg: ClusterSettings, out: TextIO | None = None,

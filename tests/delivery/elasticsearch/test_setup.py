@@ -122,28 +122,65 @@ def test_check_fails_on_a_stream_the_collector_did_not_set_up(tmp_path: Path) ->
         cfg = make_config(tmp_path, server.url, es={"api_version": 9})
         server_client = Elasticsearch(server.url)
         server_client.index(index=DATA_STREAM, document={"@timestamp": "2026-01-01T00:00:00Z"})
-        run_setup(cfg)  # template now current, but the stream was made by the built-in one
-        stream = check_cluster(cfg)[2]
+        stream = check_cluster(cfg)[2]  # made by the built-in template (logsdb on 9)
+        status, lines = run_setup(cfg)  # rolls it over to a write index of ours
+        after = check_cluster(cfg)[2]
     assert not stream.ok, stream.line()
     assert "logsdb" in stream.detail or "template" in stream.detail, stream.line()
+    assert status == 0 and "rolled over" in lines[-1], lines
+    assert after.ok, after.line()
 
 
-def test_setup_on_a_stream_from_another_template_says_how_to_roll_it_over(
-        tmp_path: Path) -> None:
+def test_setup_rolls_over_a_stream_from_another_template(tmp_path: Path) -> None:
     """A stream an older collector created before any setup (Elasticsearch's built-in
-    logs template): our mappings conflict with its, so setup names the stream's template
-    and the rollover instead of failing on a mapping error."""
+    logs template): its mappings conflict with ours, so setup rolls it over (the new write
+    index takes our template) instead of failing on a mapping error."""
     with ESTestServer(major=8) as server:
         cfg = make_config(tmp_path, server.url)
         client = Elasticsearch(server.url)
         client.index(index=DATA_STREAM, document={"@timestamp": "2026-01-01T00:00:00Z",
                                                   "message": "written before setup"})
-        client.close()
         status, lines = run_setup(cfg)
+        stream = client.indices.get_data_stream(name=DATA_STREAM).body["data_streams"][0]
+        ok = check_cluster(cfg)[2]
+        client.close()
     text = "\n".join(lines)
-    assert status == 1, text
-    assert "built from index template" in text and f"{DATA_STREAM}/_rollover" in text, text
+    assert status == 0, text
+    assert "built from index template 'logs'" in text and "rolled over to" in text, text
     assert "cannot be changed" not in text, text
+    assert len(stream["indices"]) == 2 and stream["template"] == "logs-audit_collector"
+    assert ok.ok, ok.line()
+
+
+def test_setup_rolls_over_when_an_upgrade_changes_a_field_type(tmp_path: Path) -> None:
+    """An earlier collector's template mapped @timestamp as date_nanos: a type cannot change
+    in place, so setup rolls the stream over; the old backing index keeps its mapping, the
+    new one has the template's, and documents go on being accepted."""
+    with ESTestServer(major=8) as server:
+        cfg = make_config(tmp_path, server.url)
+        client = Elasticsearch(server.url)
+        older = template_body(cfg)
+        older["template"]["mappings"]["properties"]["@timestamp"] = {"type": "date_nanos"}
+        older["_meta"] = {**older["_meta"], "content_hash": "an-older-one"}
+        client.indices.put_index_template(name="logs-audit_collector", **older)
+        client.index(index=DATA_STREAM, document={"@timestamp": "2026-01-01T00:00:00Z"})
+        status, lines = run_setup(cfg)
+        first, second = (i["index_name"] for i in client.indices.get_data_stream(
+            name=DATA_STREAM).body["data_streams"][0]["indices"])
+        mappings = client.indices.get_mapping(index=DATA_STREAM).body
+        client.index(index=DATA_STREAM, document={"@timestamp": "2026-01-02T00:00:00Z"})
+        client.indices.refresh(index=DATA_STREAM)
+        count = client.count(index=DATA_STREAM).body["count"]
+        again = run_setup(cfg)
+        client.close()
+    text = "\n".join(lines)
+    assert status == 0, text
+    assert "the type of @timestamp changed: rolled over to " + second in text, text
+    timestamp = {name: m["mappings"]["properties"]["@timestamp"]["type"]
+                 for name, m in mappings.items()}
+    assert timestamp == {first: "date_nanos", second: "date"}
+    assert count == 2
+    assert again[0] == 0 and "already exists" in again[1][-1] and "rolled" not in again[1][-1]
 
 
 def test_unreachable_cluster(tmp_path: Path) -> None:

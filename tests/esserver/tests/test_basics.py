@@ -49,7 +49,7 @@ def test_product_header_on_2xx_and_keepalive(srv: ESTestServer) -> None:
 def test_routes_unknown_paths_and_wrong_methods(srv: ESTestServer) -> None:
     # endpoints nothing calls are not served, like a path Elasticsearch does not know
     for method, path in (("GET", "/_cluster/health"), ("GET", "/_cat/indices"),
-                         ("POST", "/logs/_rollover"), ("GET", "/_nonsense")):
+                         ("POST", "/logs/_forcemerge"), ("GET", "/_nonsense")):
         status, headers, body = raw(srv, method, path)
         assert (status, orjson.loads(body)) == (400, {
             "error": f"no handler found for uri [{path}] and method [{method}]", "status": 400})
