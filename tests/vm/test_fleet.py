@@ -55,6 +55,7 @@ from tests.vm.upgrade import (
     SEQUENCE_PROBLEMS_FIELDS,
     export_previous,
     inventory_from_ssh_config,
+    marker_problems,
     marker_script,
     min_python_of,
     sequence_problems,
@@ -608,11 +609,9 @@ def test_upgrade_lost_nothing(fleet: Fleet) -> None:
                 continue
             docs = fleet.sandbox.search_all(vm)
             for phase in ("before", "after"):
-                for i in range(20):
-                    args = ["/bin/echo", f"ac-{phase}-{tok}-{i}"]
-                    n = sum(1 for d in docs if d.get("process", {}).get("args") == args)
-                    if n != 1:
-                        problems.setdefault(vm, []).append(f"{args[1]}: {n} documents")
+                missing = marker_problems(docs, f"{phase}-{tok}", 20)
+                if missing:
+                    problems.setdefault(vm, []).extend(missing)
             seq = sequence_problems(docs)
             if seq:
                 problems.setdefault(vm, []).extend(seq)

@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.vm.upgrade import (
     export_previous,
     inventory_from_ssh_config,
+    marker_problems,
     marker_script,
     min_python_of,
     parse_ssh_config,
@@ -98,3 +99,15 @@ def test_marker_script_execs_each_marker(tmp_path: Path) -> None:
     out = subprocess.run(["/bin/sh", "-c", script], check=True, capture_output=True,
                          text=True).stdout
     assert out.split() == ["ac-t-1-0", "ac-t-1-1", "ac-t-1-2"]
+
+
+def test_markers_count_exec_documents_only() -> None:
+    """The current collector writes exec and end documents with the same argv: a marker is
+    in once when it has one exec document; the end document does not double it."""
+    def doc(action: str, i: int) -> dict:
+        return {"event": {"action": action}, "process": {"args": ["/bin/echo", f"ac-x-{i}"]}}
+
+    docs = [doc("exec", 0), doc("end", 0), doc("exec", 1), doc("exec", 1), doc("end", 2)]
+    assert marker_problems(docs, "x", 3) == ["ac-x-1: 2 exec documents",
+                                             "ac-x-2: 0 exec documents"]
+    assert marker_problems(docs[:2], "x", 1) == []

@@ -97,6 +97,21 @@ def marker_script(label: str, count: int) -> str:
             "i=$((i + 1)); done")
 
 
+def marker_problems(docs: list[Mapping[str, Any]], label: str, count: int) -> list[str]:
+    """Markers of `marker_script` without exactly one exec document. Only exec documents
+    count: the current collector also writes an end document per process (same argv),
+    the previous one may not."""
+    found: dict[str, int] = {}
+    for doc in docs:
+        args = _get(doc, "process.args")
+        if _get(doc, "event.action") == "exec" and isinstance(args, list) and len(args) == 2 \
+                and args[0] == "/bin/echo":
+            found[args[1]] = found.get(args[1], 0) + 1
+    names = (f"ac-{label}-{i}" for i in range(count))
+    return [f"{name}: {found.get(name, 0)} exec documents" for name in names
+            if found.get(name, 0) != 1]
+
+
 def _get(doc: Mapping[str, Any], dotted: str) -> Any:
     value: Any = doc
     for part in dotted.split("."):
