@@ -128,9 +128,7 @@ def _rows(source: Source, period: Period, host: str | None, inventory: list[str]
             report.findings += 1
         yield row
     if totals["host_days"] == 0:
-        report.notes.append(f"no documents in {period.text()}: coverage cannot be established "
-                            "for any host")
-        report.findings += 1
+        report.no_documents(period.text(), "coverage")
     if inventory is not None:
         yield from _silent_hosts(inventory, seen_names, period, report)
 

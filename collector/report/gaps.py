@@ -414,9 +414,7 @@ def _rows(source: Source, period: Period, host: str | None, inventory: list[str]
             yield row
     totals["by_cause"] = by_cause
     if not names:
-        report.notes.append(f"no documents in {period.text()}: gaps cannot be established "
-                            "for any host")
-        report.findings += 1
+        report.no_documents(period.text(), "gaps")
     if inventory is not None:
         seen = set(names.values())
         for name in inventory:

@@ -184,6 +184,4 @@ def _rows(source: Source, period: Period, host: str | None,
                 report.findings += 1
             yield row
     if totals["hosts"] == 0:
-        report.notes.append(f"no documents in {period.text()}: integrity cannot be "
-                            "established for any host")
-        report.findings += 1
+        report.no_documents(period.text(), "integrity")

@@ -42,6 +42,13 @@ class Report:
     totals: dict[str, Any] = field(default_factory=dict)  # filled while rows are read
     findings: int = 0  # rows that show a problem (exit status 1 when > 0)
 
+    def no_documents(self, period_text: str, what: str) -> None:
+        """Nothing to read in the period: a finding, and a note that `what` (coverage,
+        gaps, integrity) cannot be established for any host."""
+        self.notes.append(f"no documents in {period_text}: {what} cannot be established "
+                          "for any host")
+        self.findings += 1
+
     @property
     def requirements(self) -> list[str]:
         return [REQUIREMENTS[key] for key in CITED[self.name]]
