@@ -7,7 +7,8 @@
 #                       rolls the collector out with ansible/site.yml twice (the second run
 #                       must change nothing), checks that exec, namespace and bash documents
 #                       reach an Elasticsearch-API test server and agree with /proc in the
-#                       guest, then runs ansible/uninstall.yml. Details: tests/vm/README.md.
+#                       guest, then runs ansible/uninstall.yml; with AC_VM_PREVIOUS (default
+#                       below) the first rollout upgrades that version. Details: tests/vm/README.md.
 #   make vm-boxes       builds (or finds cached) the boxes of AC_VM_DISTROS
 #   make vm-facts       kernel/BTF offsets, BCC, Python and bash of AC_VM_DISTROS, read from
 #                       Debian's packages (tests/vm/release_facts.py; see tests/vm/MATRIX.md)
@@ -20,6 +21,12 @@
 VM_RUN := .cache/vm/run
 AC_VM_DISTROS ?= bookworm
 export AC_VM_DISTROS
+# The collector version each fleet is first given, so that the first rollout is a rolling
+# upgrade (test_upgrade_lost_nothing). f7927b1 is the newest version that differs from the
+# current one in collector code and runs on Python 3.9 (2f027e9, the pre-3.9 layout,
+# refuses Debian 11). `AC_VM_PREVIOUS= make vm-test` leaves the upgrade out.
+AC_VM_PREVIOUS ?= f7927b1
+export AC_VM_PREVIOUS
 
 .PHONY: vm-test vm-boxes vm-facts vm-clean
 
