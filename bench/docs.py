@@ -122,6 +122,7 @@ class DocumentSource:
 def stage_costs(workdir: Path, count: int = 5000) -> dict[str, float]:
     """Microseconds per exec event spent in each user-space stage after decoding, measured
     in-process on realistic events (no BPF, no other load): what the capture loop pays."""
+    from collector.delivery.pipeline import SPOOL_RUN_DOCS
     from collector.delivery.settings import SpoolConfig
     from collector.delivery.sinks import FileSink
     from collector.delivery.spool import Spool
@@ -139,8 +140,15 @@ def stage_costs(workdir: Path, count: int = 5000) -> dict[str, float]:
     _timed(timings, "file_sink_flush", sink.flush)
     _timed(timings, "spool_append", lambda: [spool.append(s.seq, s.id, s.data) for s in sealed])
     _timed(timings, "spool_flush_fsync", spool.flush)
+    # As the pipeline hands them over: in runs of SPOOL_RUN_DOCS, one write(2) each.
+    runs = Spool(SpoolConfig(dir=str(workdir / "stage-spool-runs")))
+    items = [(s.seq, s.id, s.data) for s in sealed]
+    _timed(timings, "spool_append_in_runs",
+           lambda: [runs.append_many(items[i:i + SPOOL_RUN_DOCS])
+                    for i in range(0, len(items), SPOOL_RUN_DOCS)])
     sink.close()
     spool.close()
+    runs.close()
     return {stage: round(seconds * 1e6 / count, 2) for stage, seconds in timings.items()}
 
 

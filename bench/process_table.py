@@ -44,6 +44,9 @@ class DroppingSink:
     def tick(self) -> None:
         return
 
+    def flush_pending(self) -> None:
+        return
+
     def close(self, timeout_s: float = 10.0) -> None:
         return
 

@@ -365,11 +365,14 @@ class Collector(OwnProcessTracer):
 
     def __init__(self, workdir: Path, name: str = "collector_file",
                  label: str = "audit-collector -> file",
-                 capture: dict[str, bool] | None = None, tree: Path | None = None) -> None:
+                 capture: dict[str, bool] | None = None, tree: Path | None = None,
+                 elasticsearch: dict[str, bool] | None = None) -> None:
         """tree: run the collector package of another checkout (an earlier commit, for a
-        before/after comparison in one run) with this venv."""
+        before/after comparison in one run) with this venv. elasticsearch: settings of that
+        section (e.g. {"gzip": False})."""
         super().__init__(name, label, workdir)
         self.capture = capture or {}
+        self.elasticsearch = elasticsearch or {}
         self.env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._port = 0
@@ -387,10 +390,10 @@ class Collector(OwnProcessTracer):
         self._port = free_port()
         config = self.workdir / f"{self.name}.yaml"
         state = self.workdir / f"{self.name}-state"
-        switches = ", ".join(f"{k}: {str(v).lower()}" for k, v in self.capture.items())
         config.write_text(f"state_dir: {state}\n"
                           f"spool: {{dir: {state}/spool}}\n"
-                          f"capture: {{{switches}}}\n"
+                          f"capture: {_flow_map(self.capture)}\n"
+                          f"elasticsearch: {_flow_map(self.elasticsearch)}\n"
                           f"metrics: {{listen: 127.0.0.1:{self._port}}}\n")
         argv = [str(COLLECTOR), "run", "--config", str(config)]
         for output in self.outputs():
@@ -453,6 +456,10 @@ class Collector(OwnProcessTracer):
                                             '{kind="exec"}', 0.0)}
 
 
+def _flow_map(switches: dict[str, bool]) -> str:
+    return "{" + ", ".join(f"{k}: {str(v).lower()}" for k, v in switches.items()) + "}"
+
+
 class ESRecorder(Recorder):
     """Counts in the test server at most once a second: each refresh + _count scans every
     stored document under the server's lock, and polling faster starves its _bulk handler
@@ -479,8 +486,9 @@ class CollectorToES(Collector):
 
     def __init__(self, workdir: Path, name: str = "collector_es",
                  label: str = "audit-collector -> ES (loopback)",
-                 capture: dict[str, bool] | None = None, tree: Path | None = None) -> None:
-        super().__init__(workdir, name, label, capture, tree)
+                 capture: dict[str, bool] | None = None, tree: Path | None = None,
+                 elasticsearch: dict[str, bool] | None = None) -> None:
+        super().__init__(workdir, name, label, capture, tree, elasticsearch)
         self.server = ESServer()
         self.quiet_s = 8.0  # batches wait up to batch.max_wait_s, retries back off
 
@@ -552,6 +560,10 @@ def all_tracers(workdir: Path, before: Path | None = None) -> dict[str, Tracer]:
         CollectorToES(workdir),
         CollectorToES(workdir, "collector_es_exec_only", "audit-collector -> ES, no fork/exit",
                       {"fork": False, "exit": False}),
+        # What gzip (on by default, level 1) costs the collector; the bandwidth it saves
+        # is free on loopback only.
+        CollectorToES(workdir, "collector_es_no_gzip", "audit-collector -> ES, gzip off",
+                      elasticsearch={"gzip": False}),
     ]
     if before is not None:
         tracers += [Collector(workdir, "collector_file_before", f"file, collector of {before}",

@@ -36,6 +36,7 @@ class DocumentSink(Protocol):
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None: ...
     # Optional: probe_failed(family, target, error), for a sink that records it.
     def tick(self) -> None: ...
+    def flush_pending(self) -> None: ...  # after each poll: what it produced goes on now
     def close(self, timeout_s: float = 10.0) -> None: ...
 
 
@@ -102,6 +103,7 @@ class Agent:
                 # its first line may come within milliseconds.
                 checking = self._bash is not None and self._bash.checking
                 self.probes.poll(BASH_CHECK_POLL_MS if checking else interval)
+                self.sink.flush_pending()
                 if checking:
                     self._follow_bash_results()
                 # Wake-ups come every few dozen events in a storm; housekeeping (loss

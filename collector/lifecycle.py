@@ -174,6 +174,9 @@ class Lifecycle:
     def ringbuf_lost(self, grown: dict[str, int], total: int) -> None:
         self._pipeline.ringbuf_lost(grown, total)
 
+    def flush_pending(self) -> None:
+        self._pipeline.flush_pending()
+
     def tick(self) -> None:
         now = self._clock()
         if now >= self._next_heartbeat:

@@ -30,6 +30,9 @@ from collector.delivery.spool import Spool
 log = logging.getLogger(__name__)
 
 REPORT_SIZE_ESTIMATE = 4096
+# Sealed documents go to the spool in runs of up to this many (one lock, one write(2)):
+# a storm's wake-up brings dozens of records; `flush_pending` ends each run early.
+SPOOL_RUN_DOCS = 64
 
 
 class Pipeline:
@@ -54,6 +57,7 @@ class Pipeline:
         recovered = self._open_outputs()
         self._sealer = Sealer(cfg.state_dir, host, tuple(recovered), self._metrics)
         self._spooled = self._metrics.documents.labels(output="spool")
+        self._pending: list[SealedDoc] = []  # sealed, not yet handed to the spool
         self.checkpoints: Checkpointer | None = None
         if build_checkpoint is not None and cfg.checkpoint.enabled:
             self.checkpoints = Checkpointer(cfg.checkpoint, cfg.state_dir, host,
@@ -78,8 +82,19 @@ class Pipeline:
         """The kernel dropped events (per family) since the last call; `total` since start."""
         self.losses.ringbuf_lost(grown, total)
 
+    def flush_pending(self) -> None:
+        """Hand the sealed documents waiting for the spool to it (the capture loop calls
+        this after each poll: they wait no longer than the records did in the ring buffer)."""
+        if not self._pending:
+            return
+        assert self._spool is not None
+        run, self._pending = self._pending, []
+        taken = self._spool.append_many([(doc.seq, doc.id, doc.data) for doc in run])
+        self._spooled.inc(sum(taken))
+
     def tick(self) -> None:
         """Time-based work, ~10x a second from the capture loop."""
+        self.flush_pending()
         for sink in self._sinks:
             sink.flush()
         if self._spool is not None:
@@ -172,11 +187,20 @@ class Pipeline:
         self._shipper.start()
 
     def _write(self, sealed: SealedDoc, report: bool = False) -> bool:
+        """report=False: the spool gets the document with the next run (True is returned;
+        a refusal is counted by the spool as a loss). report=True: now, after the run, and
+        whether it was taken."""
         for sink in self._sinks:
             sink.write(sealed.data)
         if self._spool is None:
             return True
-        taken = self._spool.append(sealed.seq, sealed.id, sealed.data, report=report)
+        if not report:
+            self._pending.append(sealed)
+            if len(self._pending) >= SPOOL_RUN_DOCS:
+                self.flush_pending()
+            return True
+        self.flush_pending()
+        taken = self._spool.append(sealed.seq, sealed.id, sealed.data, report=True)
         if taken:
             self._spooled.inc()
         return taken

@@ -58,7 +58,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -343,6 +343,56 @@ class Spool:
                 self._log_odd(log.exception, "spool: unexpected error appending seq %d", seq)
                 return False
             return refused is None
+
+    def append_many(self, records: Sequence[tuple[int, str, bytes]]) -> list[bool]:
+        """Append records in order, in one write(2) when they all fit the active segment
+        and the limit (else, or when that write fails, one by one as `append` does): per
+        record, whether it was taken. Never raises."""
+        with self._lock:
+            try:
+                taken = self._append_run_locked(records)
+                if taken is None:
+                    taken = [self._append_one_locked(*rec) for rec in records]
+                self._record_losses(self._take_drops())
+            except Exception:  # a bug must not vanish silently in a ctypes callback
+                self._log_odd(log.exception, "spool: unexpected error appending %d records",
+                              len(records))
+                return [False] * len(records)
+            return taken
+
+    def _append_one_locked(self, seq: int, doc_id: str, data: bytes) -> bool:
+        refused = self._append_locked(seq, doc_id, data, False)
+        if refused is not None:
+            self._drops.append(DroppedRange(seq, seq, refused, data))
+        return refused is None
+
+    def _append_run_locked(self, records: Sequence[tuple[int, str, bytes]]) -> list[bool] | None:
+        """All of records in one write, or None when they must go one by one (a record the
+        format cannot hold, a segment or size limit in the way, a failed write)."""
+        if len(records) < 2 or self._fd is None or self._rotate_next:
+            return None
+        try:
+            encoded = [encode_record(seq, doc_id, data) for seq, doc_id, data in records]
+        except (ValueError, struct.error):
+            return None  # the single path names the record it cannot store
+        run = b"".join(encoded)
+        active = self._active()
+        if (active.size + len(run) > self._cfg.segment_bytes
+                or self._total_bytes() + len(run) > self._limit(False)):
+            return None
+        try:
+            self._write(run)
+        except OSError:
+            return None  # cut off again by _write: each record meets the error on its own
+        self._write_worked()
+        offset = active.size - len(run)
+        for (seq, doc_id, data), rec in zip(records, encoded):
+            offset += len(rec)
+            self._remember_at(active.id, offset - len(rec), offset, seq, doc_id, data)
+        self._unacked_records += len(records)
+        if self._cfg.fsync == "none":
+            self._data_ready.notify_all()
+        return [True] * len(records)
 
     def can_take(self, nbytes: int, report: bool = False) -> bool:
         """Whether a record of about nbytes can go in (drop-oldest can always make room)."""
@@ -836,11 +886,14 @@ class Spool:
 
     def _remember(self, rec_len: int, seq: int, doc_id: str, data: bytes) -> None:
         """Keep the record just written (at the end of the active segment) in memory."""
+        active = self._active()
+        self._remember_at(active.id, active.size - rec_len, active.size, seq, doc_id, data)
+
+    def _remember_at(self, segment: int, offset: int, end: int, seq: int, doc_id: str,
+                     data: bytes) -> None:
         if self._memory_bytes <= 0:
             return
-        active = self._active()
-        self._recent.append(Record(active.id, active.size - rec_len, active.size, seq,
-                                   doc_id, data))
+        self._recent.append(Record(segment, offset, end, seq, doc_id, data))
         self._recent_bytes += len(data)
         while self._recent_bytes > self._memory_bytes and len(self._recent) > 1:
             self._recent_bytes -= len(self._recent.popleft().data)
