@@ -3,17 +3,14 @@
 # compiler, tracefs. Idempotent; run as root. Struct offsets never come from the headers
 # installed here (they come from the kernel's BTF), so the closest generic headers do.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip auditd util-linux procps
               kmod iproute2 binutils)
 kernel="$(uname -r)"
 arch="$(dpkg --print-architecture)"
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$pkg")
-done
+mapfile -t missing < <(missing_packages "${APT_PACKAGES[@]}")
 
 headers_pkg=""
 if [[ ! -e "/lib/modules/$kernel/build/include/linux/kconfig.h" \
@@ -29,10 +26,7 @@ if [[ ! -e "/lib/modules/$kernel/build/include/linux/kconfig.h" \
     missing+=("$headers_pkg")
 fi
 
-if ((${#missing[@]})); then
-    [[ -n "$headers_pkg" ]] || apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+APT_UPDATED=$([[ -n "$headers_pkg" ]] && echo 1 || echo 0) apt_install "${missing[@]}"
 
 # Point /lib/modules/<running kernel>/{build,source} at the closest header tree when the
 # running kernel has none (Debian splits headers into an arch tree and a -common tree).

@@ -4,6 +4,7 @@
 # policy-rc.d refuses every start, and libvirt's "default" NAT network is kept from
 # autostarting. The test starts libvirtd itself, inside a network namespace it owns.
 set -euo pipefail
+source "$(dirname "$0")/../../scripts/lib/apt.sh"
 
 PACKAGES=(
     vagrant vagrant-libvirt                       # Vagrant 2.3 + the libvirt provider
@@ -16,11 +17,7 @@ PACKAGES=(
     openssh-client rsync iproute2 procps python3-venv
 )
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$pkg")
-done
+mapfile -t missing < <(missing_packages "${PACKAGES[@]}")
 
 if ((${#missing[@]})); then
     policy=/usr/sbin/policy-rc.d
@@ -31,9 +28,7 @@ if ((${#missing[@]})); then
         created_policy=1
     fi
     trap '[[ $created_policy == 1 ]] && rm -f "$policy"' EXIT
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 fi
 
 # libvirt's stock "default" network (NAT, virbr0) must never start in the host's namespace.
