@@ -306,6 +306,8 @@ def _base_extra_vars(source: Path) -> dict[str, Any]:
         "audit_collector_verify": VERIFY,
         # BCC compiles its programs at start-up; on an emulated CPU that takes minutes.
         "audit_collector_verify_retries": 120,
+        # The hosts' public keys go to the run directory, not into the checkout.
+        "audit_collector_public_keys_file": str(RUN / "public-keys.txt"),
     }
 
 
