@@ -54,16 +54,22 @@ class WallClock:
         return time.time_ns()
 
 
-_last_second: list[object] = [None, ""]  # (second, its formatted prefix): one strftime a second
+# Formatted seconds: a document names several moments (now, its process's start, its
+# relatives'), so one remembered second would be formatted again at every other call.
+_SECONDS_KEPT = 256
+_formatted_seconds: dict[int, str] = {}
 
 
 def iso_utc_ns(wall_ns: int) -> str:
     """RFC 3339 with nanoseconds, the precision Elasticsearch's date_nanos keeps."""
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    if _last_second[0] != seconds:
-        _last_second[0] = seconds
-        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_last_second[1]}.{nanos:09d}Z"
+    prefix = _formatted_seconds.get(seconds)
+    if prefix is None:
+        if len(_formatted_seconds) >= _SECONDS_KEPT:
+            _formatted_seconds.clear()
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _formatted_seconds[seconds] = prefix
+    return f"{prefix}.{nanos:09d}Z"
 
 
 # --------------------------------------------------------------------------- names

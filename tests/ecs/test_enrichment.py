@@ -84,6 +84,16 @@ def test_wall_clock_converts_monotonic_to_utc() -> None:
     assert iso_utc_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
 
 
+def test_timestamps_of_many_interleaved_seconds_are_each_right() -> None:
+    """The formatted seconds are remembered (a document names several moments), also past
+    the number kept."""
+    base = 1_700_000_000
+    for n in range(700):
+        second = base + (n * 7919) % 600  # jumps back and forth over 600 seconds
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{n:09d}Z"
+        assert iso_utc_ns(second * 1_000_000_000 + n) == expected
+
+
 # --------------------------------------------------------------------------- shared sub-objects
 
 
