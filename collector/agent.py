@@ -115,7 +115,7 @@ class Agent:
                     self.sink.tick()
                     if self._processes is not None:
                         self.metrics.capture.processes_tracked.set(len(self._processes))
-            self.probes.poll(0)  # what the kernel wrote before we were told to stop
+            self.probes.drain()  # what the kernel wrote before we were told to stop
             self._report_losses()
         finally:
             self.metrics.probes_attached = False

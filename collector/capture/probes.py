@@ -29,6 +29,13 @@ from collector.capture.settings import CaptureConfig
 
 log = logging.getLogger(__name__)
 
+# The capture loop's housekeeping (flushes, fsync, loss counts, heartbeats, the stop
+# request) runs between polls: a poll hands records over for this long at most, however
+# fast they keep coming (libbpf's own loop only ends when the ring buffer is empty).
+POLL_BUDGET_S = 0.1
+STOP_POLLING = -1  # a ring-buffer callback's answer that ends libbpf's poll
+DRAIN_S = 2.0  # at stop: what the kernel wrote before, for this long at most
+
 
 class ProbeError(RuntimeError):
     """The BPF programs could not be built, loaded or attached."""
@@ -136,6 +143,8 @@ class Probes:
     load_seconds: float = 0.0
     # Told (family, target, error) when a probe cannot be attached (it is also logged).
     on_attach_failure: Callable[[str, str, str], None] | None = None
+    _handled: int = 0
+    _poll_deadline: float = 0.0
 
     def load(self) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so `check` can explain
@@ -171,15 +180,35 @@ class Probes:
     def open(self, on_record: Callable[[bytes], None]) -> None:
         def callback(_ctx: Any, data: Any, size: int) -> int:
             on_record(ctypes.string_at(data, size))
-            return 0
+            self._handled += 1
+            # libbpf consumes for as long as records keep coming; a negative answer ends
+            # the poll after this record (which counts as consumed).
+            return STOP_POLLING if time.monotonic() >= self._poll_deadline else 0
 
         self._callback = callback  # keep a reference: BCC holds only a C pointer
         self.bpf[b"events"].open_ring_buffer(callback)
 
-    def poll(self, timeout_ms: int) -> None:
-        # Records written without a wake-up are only seen by an explicit consume.
+    def poll(self, timeout_ms: int, budget_s: float = POLL_BUDGET_S) -> int:
+        """Wait up to timeout_ms for records and handle them for about budget_s at most;
+        how many were handled."""
+        self._handled = 0
+        self._poll_deadline = time.monotonic() + budget_s
         self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+        # Records written without a wake-up are only seen by an explicit consume.
+        if time.monotonic() < self._poll_deadline:
+            self.bpf.ring_buffer_consume()
+        return self._handled
+
+    def drain(self, within_s: float = DRAIN_S) -> int:
+        """Handle what the ring buffer holds now (at stop), for within_s at most."""
+        deadline = time.monotonic() + within_s
+        handled = 0
+        while time.monotonic() < deadline:
+            got = self.poll(0, max(0.0, deadline - time.monotonic()))
+            if not got:
+                break
+            handled += got
+        return handled
 
     def lost_counts(self) -> dict[str, int]:
         table = self.bpf[b"lost"]

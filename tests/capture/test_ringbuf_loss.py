@@ -24,7 +24,7 @@ def test_full_ring_buffer_is_reported_with_counts() -> None:
             subprocess.run(["/bin/true", mark, str(i), "x" * 200], check=True)
         lost_in_kernel = agent.probes.lost_counts()
         assert lost_in_kernel["exec"] > 0
-        agent.probes.poll(0)
+        agent.probes.drain()
         agent._report_losses()
         running.sink.tick()  # the ledger's first round of reports
     finally:

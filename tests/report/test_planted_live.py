@@ -120,7 +120,7 @@ def test_records_the_ring_buffer_dropped_are_a_ring_buffer_loss(server: ESTestSe
             subprocess.run(["/bin/true", mark, str(i), "x" * 200], check=True)
         lost = agent.probes.lost_counts()["exec"]
         assert lost > 0
-        agent.probes.poll(0)
+        agent.probes.drain()
         agent._report_losses()
     finally:
         if agent.probes is not None:
