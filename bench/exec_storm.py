@@ -37,6 +37,7 @@ from bench.procstat import (
     machine_cpu_seconds,
     memory,
     set_bpf_stats,
+    thread_cpu_seconds,
     total_cpu_seconds,
 )
 from bench.report import (
@@ -80,10 +81,12 @@ class Snapshot:
     bpf: BpfUsage | None
     load_cpu_s: float
     machine_cpu_s: float
+    capture_thread_cpu_s: float | None  # the collector's main (capture) thread
 
 
 def snapshot(tracer: Tracer) -> Snapshot:
     bpf_pid = tracer.bpf_pid()
+    capture_pid = tracer.capture_thread_pid()
     return Snapshot(
         at=time.monotonic(),
         load_cpu_s=children_cpu_seconds(),
@@ -92,6 +95,8 @@ def snapshot(tracer: Tracer) -> Snapshot:
         side_cpu_s={k: total_cpu_seconds(v) for k, v in tracer.side_pids().items()},
         counters=tracer.counters(),
         bpf=bpf_usage(bpf_pid) if bpf_pid else None,
+        capture_thread_cpu_s=thread_cpu_seconds(capture_pid, capture_pid)
+        if capture_pid else None,
     )
 
 
@@ -164,6 +169,10 @@ def _costs(before: Snapshot, after: Snapshot, execs: int, recorded: int | None
                        for k, v in after.side_cpu_s.items()},
         "counters": {k: v - before.counters.get(k, 0.0) for k, v in after.counters.items()},
     }
+    if after.capture_thread_cpu_s is not None and before.capture_thread_cpu_s is not None \
+            and cpu > 0:
+        capture = after.capture_thread_cpu_s - before.capture_thread_cpu_s
+        costs["capture_thread_share"] = round(min(1.0, capture / cpu), 3)
     if after.bpf and before.bpf and after.bpf.run_count > before.bpf.run_count:
         runs = after.bpf.run_count - before.bpf.run_count
         spent = after.bpf.run_time_ns - before.bpf.run_time_ns

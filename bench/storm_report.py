@@ -56,6 +56,8 @@ def _summary_row(name: str, load: Load, mine: list[dict[str, Any]], cases: list[
         "missing": sum(c["missing"] for c in mine) if recorded else None,
         "cpu_s_per_1000_median": rounded(median([c["cpu_s_per_1000"] for c in mine
                                                  if c["cpu_s_per_1000"] is not None]), 4),
+        "capture_thread_share_median": rounded(median(
+            [c["capture_thread_share"] for c in mine if "capture_thread_share" in c]), 3),
         "bpf_ns_per_exec_median": rounded(median(bpf), 0),
         "peak_rss_mib_max": max(peaks) if peaks else None,
         "anon_mib_median": rounded(median(anon), 1),
@@ -84,10 +86,11 @@ def _sum_side(cases: list[dict[str, Any]]) -> dict[str, float]:
 
 def summary_table(rows: list[dict[str, Any]], unavailable: dict[str, str]) -> str:
     headers = ["tracer", "load", "execs/s", "ratio", "execs", "recorded", "missing",
-               "cpu-s/1000", "bpf ns/exec", "load us/exec", "exec cost", "peak RSS MiB",
-               "anon MiB", "other cpu"]
+               "cpu-s/1000", "capture thread", "bpf ns/exec", "load us/exec", "exec cost",
+               "peak RSS MiB", "anon MiB", "other cpu"]
     body = [[r["tracer"], r["load"], r["rate_median"], r["ratio_to_baseline"], r["execs"],
              r["recorded"], r["missing"], r["cpu_s_per_1000_median"],
+             r["capture_thread_share_median"],
              r["bpf_ns_per_exec_median"], r["load_cpu_us_per_exec_median"],
              r["exec_cost_ratio"], r["peak_rss_mib_max"], r["anon_mib_median"],
              r["other_cpu_share_median"]]

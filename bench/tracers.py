@@ -80,6 +80,11 @@ class Tracer(ABC):
         """The process holding the tracer's BPF programs and maps."""
         return None
 
+    def capture_thread_pid(self) -> int | None:
+        """A process whose main thread alone handles the records (its CPU is reported
+        apart from its other threads': the collector's shipper and spool syncer)."""
+        return None
+
     def side_pids(self) -> dict[str, list[int]]:
         """Other processes the scenario needs whose CPU is reported, not charged."""
         return {}
@@ -383,6 +388,9 @@ class Collector(OwnProcessTracer):
 
     def outputs(self) -> list[str]:
         return [f"file:{self._out}"]
+
+    def capture_thread_pid(self) -> int | None:
+        return self.memory_pid()
 
     def start(self) -> None:
         if not COLLECTOR.exists():

@@ -68,6 +68,9 @@ def test_exec_storm_quick_writes_a_complete_result(tmp_path: Path) -> None:
         session = tracers["collector_file"]["sessions"][0]
         assert session["memory"]["peak_rss_mib"] >= session["memory"]["anon_mib"] > 0
         assert session["exit_code"] == 0
+        shares = [c["capture_thread_share"] for c in result["cases"]
+                  if c["tracer"].startswith("collector_") and c["cpu_s"] > 0]
+        assert shares and all(0 < s <= 1 for s in shares)
 
 
 def check_case(case: dict[str, Any]) -> None:
