@@ -1,4 +1,4 @@
-# Fleet rollout: the two-VM test (included by the Makefile; the Ansible venv, lint and role
+# Fleet rollout: the VM test (included by the Makefile; the Ansible venv, lint and role
 # tests are in mk/ansible.mk, included before this file).
 #
 #   make vm-test        boots Debian VMs (emulated CPU) in a private network namespace, one
