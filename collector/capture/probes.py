@@ -144,7 +144,9 @@ class Probes:
     # Told (family, target, error) when a probe cannot be attached (it is also logged).
     on_attach_failure: Callable[[str, str, str], None] | None = None
     _handled: int = 0
+    _poll_budget: float = 0.0
     _poll_deadline: float = 0.0
+    _poll_stopped: bool = False
 
     def load(self) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so `check` can explain
@@ -181,9 +183,15 @@ class Probes:
         def callback(_ctx: Any, data: Any, size: int) -> int:
             on_record(ctypes.string_at(data, size))
             self._handled += 1
+            now = time.monotonic()
+            if not self._poll_deadline:  # the budget runs from the first record, not the wait
+                self._poll_deadline = now + self._poll_budget
+            if now < self._poll_deadline:
+                return 0
             # libbpf consumes for as long as records keep coming; a negative answer ends
             # the poll after this record (which counts as consumed).
-            return STOP_POLLING if time.monotonic() >= self._poll_deadline else 0
+            self._poll_stopped = True
+            return STOP_POLLING
 
         self._callback = callback  # keep a reference: BCC holds only a C pointer
         self.bpf[b"events"].open_ring_buffer(callback)
@@ -191,11 +199,16 @@ class Probes:
     def poll(self, timeout_ms: int, budget_s: float = POLL_BUDGET_S) -> int:
         """Wait up to timeout_ms for records and handle them for about budget_s at most;
         how many were handled."""
+        if self._poll_stopped:  # the last poll left records behind: no waiting for them
+            timeout_ms = 0
         self._handled = 0
-        self._poll_deadline = time.monotonic() + budget_s
+        self._poll_budget = budget_s
+        self._poll_deadline = 0.0
+        self._poll_stopped = False
         self.bpf.ring_buffer_poll(timeout_ms)
-        # Records written without a wake-up are only seen by an explicit consume.
-        if time.monotonic() < self._poll_deadline:
+        # Records written without a wake-up are only seen by an explicit consume (within
+        # the same budget; when it ran out, the next poll comes at once).
+        if not self._poll_stopped:
             self.bpf.ring_buffer_consume()
         return self._handled
 

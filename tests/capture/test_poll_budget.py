@@ -22,10 +22,14 @@ EXECS = 1500
 SLOW_CONSUMER_S = 0.002  # per record: slower than the shell below execs
 
 
-def test_a_poll_ends_within_its_budget_and_loses_nothing() -> None:
+def exec_only_probes() -> Probes:
     cfg = config_from_mapping({"capture": {"bash": False, "namespaces": False, "fork": False,
                                            "exit": False}, "metrics": {"enabled": False}})
-    probes = Probes(cfg.capture)
+    return Probes(cfg.capture)
+
+
+def test_a_poll_ends_within_its_budget_and_loses_nothing() -> None:
+    probes = exec_only_probes()
     probes.load()
     mark = f"budget-{uuid.uuid4().hex[:8]}"
     seen: list[int] = []
@@ -57,3 +61,29 @@ def test_a_poll_ends_within_its_budget_and_loses_nothing() -> None:
     assert sorted(seen) == list(range(EXECS)), "a record was lost or handed over twice"
     # The budget, plus the record in hand and a loaded machine's scheduling.
     assert longest < POLL_BUDGET_S + 0.4, f"a poll took {longest:.2f} s"
+
+
+def test_records_written_without_a_wake_up_are_handled_by_the_next_polls() -> None:
+    """A few records (fewer than capture.wakeup_batch) wake nobody: each poll waits its
+    whole timeout, and the explicit consume after it must still hand them over."""
+    probes = exec_only_probes()
+    probes.load()
+    mark = f"tail-{uuid.uuid4().hex[:8]}"
+    seen: list[int] = []
+
+    def on_record(data: bytes) -> None:
+        event = decode(data)
+        if isinstance(event, ExecEvent) and len(event.args) == 3 \
+                and event.args[1] == mark.encode():
+            seen.append(int(event.args[2]))
+
+    try:
+        probes.open(on_record)
+        probes.drain()  # whatever ran before
+        for i in range(3):
+            subprocess.run(["/bin/true", mark, str(i)], check=True)
+        for _ in range(3):
+            probes.poll(100)  # the agent's loop: no drain
+    finally:
+        probes.close()
+    assert sorted(seen) == [0, 1, 2]
