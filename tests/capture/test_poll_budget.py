@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -28,11 +29,10 @@ def exec_only_probes() -> Probes:
     return Probes(cfg.capture)
 
 
-def test_a_poll_ends_within_its_budget_and_loses_nothing() -> None:
-    probes = exec_only_probes()
-    probes.load()
-    mark = f"budget-{uuid.uuid4().hex[:8]}"
-    seen: list[int] = []
+def numbered_markers(mark: str, seen: list[int], busy_s: float = 0.0
+                     ) -> Callable[[bytes], None]:
+    """A record handler that notes N of each `/bin/true MARK N` exec, then stays busy
+    for busy_s (a slow consumer)."""
 
     def on_record(data: bytes) -> None:
         event = decode(data)
@@ -40,8 +40,18 @@ def test_a_poll_ends_within_its_budget_and_loses_nothing() -> None:
                 and event.args[1] == mark.encode():
             seen.append(int(event.args[2]))
         started = time.perf_counter()
-        while time.perf_counter() - started < SLOW_CONSUMER_S:
+        while time.perf_counter() - started < busy_s:
             pass
+
+    return on_record
+
+
+def test_a_poll_ends_within_its_budget_and_loses_nothing() -> None:
+    probes = exec_only_probes()
+    probes.load()
+    mark = f"budget-{uuid.uuid4().hex[:8]}"
+    seen: list[int] = []
+    on_record = numbered_markers(mark, seen, SLOW_CONSUMER_S)
 
     longest = 0.0
     try:
@@ -70,15 +80,8 @@ def test_records_written_without_a_wake_up_are_handled_by_the_next_polls() -> No
     probes.load()
     mark = f"tail-{uuid.uuid4().hex[:8]}"
     seen: list[int] = []
-
-    def on_record(data: bytes) -> None:
-        event = decode(data)
-        if isinstance(event, ExecEvent) and len(event.args) == 3 \
-                and event.args[1] == mark.encode():
-            seen.append(int(event.args[2]))
-
     try:
-        probes.open(on_record)
+        probes.open(numbered_markers(mark, seen))
         probes.drain()  # whatever ran before
         for i in range(3):
             subprocess.run(["/bin/true", mark, str(i)], check=True)
