@@ -12,21 +12,25 @@ KIB = 1024
 MIB = 1024 * 1024
 
 
-def cpu_seconds(pid: int, stat_path: str = "") -> float:
+def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds; 0.0 once it is gone."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """utime + stime of one thread of a process; 0.0 once it is gone."""
+    return _stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
+
+
+def _stat_cpu_seconds(stat_path: str) -> float:
     try:
-        stat = Path(stat_path or f"/proc/{pid}/stat").read_text()
+        stat = Path(stat_path).read_text()
     except OSError:
         return 0.0
     # Fields after the parenthesised comm (which may itself contain spaces or parens).
     fields = stat[stat.rindex(")") + 2:].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLOCK_TICKS
-
-
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """utime + stime of one thread of a process; 0.0 once it is gone."""
-    return cpu_seconds(pid, f"/proc/{pid}/task/{tid}/stat")
 
 
 def total_cpu_seconds(pids: list[int]) -> float:

@@ -335,14 +335,12 @@ class Spool:
         """
         with self._lock:
             try:
-                refused = self._append_locked(seq, doc_id, data, report)
-                if refused is not None:
-                    self._drops.append(DroppedRange(seq, seq, refused, data))
+                taken = self._append_locked(seq, doc_id, data, report)
                 self._record_losses(self._take_drops())
             except Exception:  # a bug must not vanish silently in a ctypes callback
                 self._log_odd(log.exception, "spool: unexpected error appending seq %d", seq)
                 return False
-            return refused is None
+            return taken
 
     def append_many(self, records: Sequence[tuple[int, str, bytes]]) -> list[bool]:
         """Append records in order, in one write(2) when they all fit the active segment
@@ -352,19 +350,13 @@ class Spool:
             try:
                 taken = self._append_run_locked(records)
                 if taken is None:
-                    taken = [self._append_one_locked(*rec) for rec in records]
+                    taken = [self._append_locked(*rec, report=False) for rec in records]
                 self._record_losses(self._take_drops())
             except Exception:  # a bug must not vanish silently in a ctypes callback
                 self._log_odd(log.exception, "spool: unexpected error appending %d records",
                               len(records))
                 return [False] * len(records)
             return taken
-
-    def _append_one_locked(self, seq: int, doc_id: str, data: bytes) -> bool:
-        refused = self._append_locked(seq, doc_id, data, False)
-        if refused is not None:
-            self._drops.append(DroppedRange(seq, seq, refused, data))
-        return refused is None
 
     def _append_run_locked(self, records: Sequence[tuple[int, str, bytes]]) -> list[bool] | None:
         """All of records in one write, or None when they must go one by one (a record the
@@ -389,9 +381,7 @@ class Spool:
         for (seq, doc_id, data), rec in zip(records, encoded):
             offset += len(rec)
             self._remember_at(active.id, offset - len(rec), offset, seq, doc_id, data)
-        self._unacked_records += len(records)
-        if self._cfg.fsync == "none":
-            self._data_ready.notify_all()
+        self._count_written(len(records))
         return [True] * len(records)
 
     def can_take(self, nbytes: int, report: bool = False) -> bool:
@@ -686,8 +676,16 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
 
-    def _append_locked(self, seq: int, doc_id: str, data: bytes,
-                       report: bool) -> DropReason | None:
+    def _append_locked(self, seq: int, doc_id: str, data: bytes, report: bool) -> bool:
+        """Write one record; False when it is refused (its drop is queued for the report)."""
+        refused = self._write_one(seq, doc_id, data, report)
+        if refused is not None:
+            self._drops.append(DroppedRange(seq, seq, refused, data))
+            return False
+        return True
+
+    def _write_one(self, seq: int, doc_id: str, data: bytes,
+                   report: bool) -> DropReason | None:
         try:
             rec = encode_record(seq, doc_id, data)
         except (ValueError, struct.error) as exc:
@@ -696,10 +694,14 @@ class Spool:
         refused = self._write_with_policy(rec, report)
         if refused is None:
             self._remember(len(rec), seq, doc_id, data)
-            self._unacked_records += 1
-            if self._cfg.fsync == "none":
-                self._data_ready.notify_all()
+            self._count_written(1)
         return refused
+
+    def _count_written(self, count: int) -> None:
+        """Records now on disk: unacknowledged, and readable at once without fsync."""
+        self._unacked_records += count
+        if self._cfg.fsync == "none":
+            self._data_ready.notify_all()
 
     def _limit(self, report: bool) -> int:
         return self._cfg.max_bytes + (REPORT_RESERVE_BYTES if report else 0)
