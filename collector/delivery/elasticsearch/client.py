@@ -5,9 +5,10 @@
   ``headers=`` cannot override them). A small Transport subclass rewrites the parameter just
   before the request leaves, so a 9.x server is addressed with ``compatible-with=9``.
 * orjson serialization, request timeout, gzip request bodies (``elasticsearch.gzip``) at
-  ``gzip_level`` (default 1): the transport always uses zlib's level 9, which costs ~5x the
-  CPU for bodies only ~1.5x smaller, in the collector's own process. A node subclass
-  compresses instead and hands the transport a plain request with ``content-encoding``.
+  ``gzip_level`` (default 1) with ISA-L (``isal``): the transport would use zlib's level 9,
+  ~30 us per 3 KB document in the collector's own process; ISA-L's level 1 takes ~1-2 us
+  for a smaller body than zlib's level 1 (~9 us). A node subclass compresses instead
+  and hands the transport a plain request with ``content-encoding``.
 * TLS: ``ca_file`` and ``verify_certs`` (on unless turned off) for https URLs.
 * Credentials: API key or user + password, read from a file or an environment variable. The
   values live only inside the client's headers; nothing here logs or formats them.
@@ -23,13 +24,13 @@ import dataclasses
 import logging
 import re
 import urllib.parse
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 from elastic_transport import HttpHeaders, NodeConfig, Transport, Urllib3HttpNode
 from elasticsearch import Elasticsearch
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
+from isal import isal_zlib
 
 from collector.delivery.elasticsearch.credentials import auth_options
 from collector.delivery.elasticsearch.settings import (
@@ -41,7 +42,7 @@ from collector.delivery.elasticsearch.settings import (
 
 _COMPAT_RE = re.compile(r"compatible-with=\d+")
 CLIENT_LOGGERS = ("elastic_transport", "elasticsearch", "urllib3")
-GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip stream (header and CRC-32 trailer), not zlib's
+GZIP_WBITS = 16 + isal_zlib.MAX_WBITS  # a gzip stream (header and CRC-32 trailer), not zlib's
 
 
 def quiet_client_logging(verbose: bool | None = None) -> None:
@@ -107,10 +108,11 @@ class _GzipNode(Urllib3HttpNode):
 
 
 def gzip_body(body: bytes, level: int) -> bytes:
-    """A gzip stream in one zlib pass (gzip.compress deflates, then runs a CRC pass over
-    the body and copies the result); compressobj, since zlib.compress takes wbits only from
-    Python 3.11."""
-    deflater = zlib.compressobj(level, zlib.DEFLATED, GZIP_WBITS)
+    """A standard gzip stream in one pass. ISA-L has levels 0-3: its 1 costs an eighth of
+    zlib's 1 for a smaller body; gzip_level 3 to 9 all use its 3 (zlib 9's size for about
+    0.6 of zlib 1's CPU)."""
+    isal_level = min(level, isal_zlib.ISAL_BEST_COMPRESSION)
+    deflater = isal_zlib.compressobj(isal_level, isal_zlib.DEFLATED, GZIP_WBITS)
     return deflater.compress(body) + deflater.flush()
 
 

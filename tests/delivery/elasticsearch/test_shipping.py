@@ -160,6 +160,17 @@ def test_gzip_bodies_are_standard_gzip_streams() -> None:
     assert stdlib_gzip.decompress(packed) == body  # the header and CRC-32 trailer readers expect
 
 
+def test_gzip_levels_above_isal_best_use_its_best() -> None:
+    """ISA-L has levels 0-3: gzip_level 4-9 (zlib's range, still accepted) mean its 3, which
+    compresses better than its 1."""
+    body = b"".join(b'{"create":{"_id":"h-b-%d"}}\n{"process":{"args":["x%d"]}}\n' % (n, n % 7)
+                    for n in range(2000))
+    best = gzip_body(body, 3)
+    assert all(gzip_body(body, level) == best for level in range(4, 10))
+    assert len(best) < len(gzip_body(body, 1))
+    assert stdlib_gzip.decompress(best) == body
+
+
 def test_gzip_level_is_applied_once_by_the_collector(server: ESTestServer, tmp_path: Path) -> None:
     """The transport's own gzip (always level 9) is bypassed: bodies are compressed once, at
     elasticsearch.gzip_level, and responses are asked for gzipped."""
