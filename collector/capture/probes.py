@@ -14,6 +14,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -153,8 +154,21 @@ class Probes:
 
         started = time.monotonic()
         self.spec = build_program(self.capture)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bash-find") as pool:
+            # Reading bash's symbols (Python) overlaps the compile (C, without the GIL).
+            bash_targets = (pool.submit(bashfind.initial_bash_targets, self.capture.bash_paths)
+                            if BASH in self.spec.families else None)
+            self._compile_and_load(BPF)
+            for path, found in bash_targets.result() if bash_targets else ():
+                self.attach_bash(path, found=found)
+        self.load_seconds = time.monotonic() - started
+        release_free_heap()  # LLVM's compile-time heap: tens of MiB
+        release_compiler_pages()  # and its code: about 120 MiB of clean file pages
+
+    def _compile_and_load(self, bpf_class: Any) -> None:
+        assert self.spec is not None
         try:
-            self.bpf = BPF(text=self.spec.text.encode(), cflags=self.spec.cflags)
+            self.bpf = bpf_class(text=self.spec.text.encode(), cflags=self.spec.cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
             raise ProbeError(f"BCC could not compile or load the probes: {exc}") from exc
         try:
@@ -163,12 +177,6 @@ class Probes:
         except ProbeError:
             self.close()
             raise
-        if BASH in self.spec.families:
-            for path in bashfind.initial_bash_paths(self.capture.bash_paths):
-                self.attach_bash(path)
-        self.load_seconds = time.monotonic() - started
-        release_free_heap()  # LLVM's compile-time heap: tens of MiB
-        release_compiler_pages()  # and its code: about 120 MiB of clean file pages
 
     @property
     def families(self) -> tuple[str, ...]:

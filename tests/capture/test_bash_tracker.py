@@ -310,3 +310,21 @@ def test_checks_run_off_the_capture_thread_and_attach_on_it() -> None:
     assert probed and probes.attached == [(f"/proc/{PID}/exe", PID)]
     assert threads == ["bash-check"] and not tracker.checking
     assert all(p.closed for p in world.pinned)
+
+
+def test_initial_bash_files_are_read_once_each(tmp_path: Path) -> None:
+    """Two names of one bash file (usrmerge's /bin/bash and /usr/bin/bash, here two hard
+    links) give one readline target; a copy is another file and gets its own."""
+    from collector.capture import bashfind
+
+    first = tmp_path / "bash"
+    first.write_bytes(Path("/bin/bash").read_bytes())
+    os.link(first, tmp_path / "bash-link")
+    copy = tmp_path / "bash-copy"
+    copy.write_bytes(first.read_bytes())
+    found = bashfind.initial_bash_targets((str(first), str(tmp_path / "bash-link"), str(copy)))
+    ours = [(path, key) for path, (key, _target, _lib) in found if path.startswith(str(tmp_path))]
+    assert ours == [(str(first), bashfind.file_key(str(first))),
+                    (str(copy), bashfind.file_key(str(copy)))]
+    keys = [key for _path, (key, _target, _lib) in found]
+    assert len(keys) == len(set(keys))
