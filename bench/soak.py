@@ -170,11 +170,16 @@ def wait_drained(tracer: CollectorToES, timeout: float) -> float | None:
     return None
 
 
-def verify(url: str) -> dict[str, Any]:
-    """`audit-collector verify`: the collector's own check of sequence and chain."""
+def verify(url: str, workdir: Path) -> dict[str, Any]:
+    """`audit-collector verify`: the collector's own check of sequence and chain. Its
+    requests may wait as long as the whole check: the test server's first sorted page over
+    millions of documents takes longer than the default 30 s request timeout."""
+    config = workdir / "verify.yaml"
+    config.write_text(f"elasticsearch: {{request_timeout_s: {VERIFY_TIMEOUT_S:g}}}\n")
     started = time.monotonic()
     try:
-        proc = subprocess.run([str(COLLECTOR), "verify", "--output", f"elasticsearch:{url}"],
+        proc = subprocess.run([str(COLLECTOR), "verify", "--config", str(config),
+                               "--output", f"elasticsearch:{url}"],
                               capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
                               check=False)
     except subprocess.TimeoutExpired:
@@ -208,7 +213,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         started = time.monotonic()
         info["audit"] = Audit(issued).feed_all(stored_documents(tracer.server.url)).result()
         info["audit"]["read_back_s"] = round(time.monotonic() - started, 1)
-        info["verify"] = verify(tracer.server.url) if args.verify else None
+        info["verify"] = verify(tracer.server.url, workdir) if args.verify else None
     return info
 
 
