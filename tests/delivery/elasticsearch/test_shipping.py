@@ -161,8 +161,8 @@ def test_gzip_bodies_are_standard_gzip_streams() -> None:
 
 
 def test_gzip_levels_above_isal_best_use_its_best() -> None:
-    """ISA-L has levels 0-3: gzip_level 4-9 (zlib's range, still accepted) mean its 3, which
-    compresses better than its 1."""
+    """ISA-L has levels 0-3: gzip_level 4-9 (zlib's range, still accepted) mean its 3 (which
+    compresses this repetitive body better than its 1)."""
     body = b"".join(b'{"create":{"_id":"h-b-%d"}}\n{"process":{"args":["x%d"]}}\n' % (n, n % 7)
                     for n in range(2000))
     best = gzip_body(body, 3)
