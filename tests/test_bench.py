@@ -103,7 +103,7 @@ def test_ship_quick_writes_a_complete_result(tmp_path: Path) -> None:
     assert result["serialize_docs_per_s"]["orjson"] > 0
     assert result["serialize_docs_per_s"]["json"] > 0
     assert result["gzip"]["level9_ratio"] > 1
-    assert result["gzip"]["isal1_ratio"] > result["gzip"]["level1_ratio"]  # the collector's
+    assert result["gzip"]["isal1_ratio"] > 1 and result["gzip"]["isal3_ratio"] > 1
 
 
 @needs_root
