@@ -159,13 +159,7 @@ def check_bash(cfg: Config) -> list[CheckResult]:
     if not cfg.capture.bash:
         return []
     results = []
-    seen: set[tuple[int, int]] = set()
-    for path in bashfind.initial_bash_paths(cfg.capture.bash_paths):
-        key = bashfind.file_key(path)
-        if key in seen:
-            continue  # /bin/bash and /usr/bin/bash are one file on merged-/usr systems
-        seen.add(key)
-        found = bashfind.readline_target(path)
+    for path, found in bashfind.initial_bash_targets(cfg.capture.bash_paths):
         if found is None:
             results.append(CheckResult(f"bash {path}", False, "no readline symbol found",
                                        fatal=False))

@@ -44,19 +44,19 @@ def initial_bash_paths(extra: tuple[str, ...] = ()) -> list[str]:
     return [p for p in (*DEFAULT_BASH_PATHS, *extra) if os.path.exists(p)]
 
 
-def initial_bash_targets(extra: tuple[str, ...] = ()) -> list[tuple[str, ReadlineTarget]]:
-    """(path, readline target) of each distinct bash file among the initial paths
-    (/bin/bash and /usr/bin/bash are one file under usrmerge: its symbols are read once)."""
-    seen: set[FileKey] = set()
-    found: list[tuple[str, ReadlineTarget]] = []
+def initial_bash_targets(extra: tuple[str, ...] = ()
+                         ) -> list[tuple[str, ReadlineTarget | None]]:
+    """(path, readline target or None when it has none) of each distinct bash file among
+    the initial paths (/bin/bash and /usr/bin/bash are one file under usrmerge: its
+    symbols are read once)."""
+    seen: set[FileKey | None] = set()
+    found: list[tuple[str, ReadlineTarget | None]] = []
     for path in initial_bash_paths(extra):
         key = file_key(path)
-        if key is None or key in seen:
+        if key in seen:
             continue
         seen.add(key)
-        target = readline_target(path)
-        if target is not None:
-            found.append((path, target))
+        found.append((path, readline_target(path)))
     return found
 
 

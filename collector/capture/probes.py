@@ -160,7 +160,8 @@ class Probes:
                             if BASH in self.spec.families else None)
             self._compile_and_load(BPF)
             for path, found in bash_targets.result() if bash_targets else ():
-                self.attach_bash(path, found=found)
+                if found is not None:
+                    self.attach_bash(path, found=found)
         self.load_seconds = time.monotonic() - started
         release_free_heap()  # LLVM's compile-time heap: tens of MiB
         release_compiler_pages()  # and its code: about 120 MiB of clean file pages

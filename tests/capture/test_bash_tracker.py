@@ -323,8 +323,29 @@ def test_initial_bash_files_are_read_once_each(tmp_path: Path) -> None:
     copy = tmp_path / "bash-copy"
     copy.write_bytes(first.read_bytes())
     found = bashfind.initial_bash_targets((str(first), str(tmp_path / "bash-link"), str(copy)))
-    ours = [(path, key) for path, (key, _target, _lib) in found if path.startswith(str(tmp_path))]
+    targets = [(path, target) for path, target in found if target is not None]
+    ours = [(path, key) for path, (key, _target, _lib) in targets
+            if path.startswith(str(tmp_path))]
     assert ours == [(str(first), bashfind.file_key(str(first))),
                     (str(copy), bashfind.file_key(str(copy)))]
-    keys = [key for _path, (key, _target, _lib) in found]
+    keys = [key for _path, (key, _target, _lib) in targets]
     assert len(keys) == len(set(keys))
+
+
+def test_check_names_each_bash_file_once_and_one_without_readline(tmp_path: Path) -> None:
+    """`audit-collector check` reads the same list: one line per file, a failing (non-fatal)
+    line for a file with no readline."""
+    from collector.config import config_from_mapping
+    from collector.preflight import check_bash
+
+    bash = tmp_path / "bash"
+    bash.write_bytes(Path("/bin/bash").read_bytes())
+    os.link(bash, tmp_path / "bash-link")
+    true = tmp_path / "true"
+    true.write_bytes(Path("/bin/true").read_bytes())
+    cfg = config_from_mapping({"capture": {"bash_paths": [str(bash), str(tmp_path / "bash-link"),
+                                                          str(true)]}})
+    ours = {r.name: r for r in check_bash(cfg) if str(tmp_path) in r.name}
+    assert set(ours) == {f"bash {bash}", f"bash {true}"}
+    assert ours[f"bash {bash}"].ok and not ours[f"bash {true}"].ok
+    assert not ours[f"bash {true}"].fatal
