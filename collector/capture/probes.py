@@ -150,15 +150,13 @@ class Probes:
     _poll_stopped: bool = False
 
     def load(self) -> None:
-        from bcc import BPF  # Debian's python3-bpfcc; imported late so `check` can explain
-
         started = time.monotonic()
         self.spec = build_program(self.capture)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bash-find") as pool:
             # Reading bash's symbols (Python) overlaps the compile (C, without the GIL).
             bash_targets = (pool.submit(bashfind.initial_bash_targets, self.capture.bash_paths)
                             if BASH in self.spec.families else None)
-            self._compile_and_load(BPF)
+            self._compile_and_load()
             for path, found in bash_targets.result() if bash_targets else ():
                 if found is not None:
                     self.attach_bash(path, found=found)
@@ -166,10 +164,12 @@ class Probes:
         release_free_heap()  # LLVM's compile-time heap: tens of MiB
         release_compiler_pages()  # and its code: about 120 MiB of clean file pages
 
-    def _compile_and_load(self, bpf_class: Any) -> None:
+    def _compile_and_load(self) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc; imported late so `check` can explain
+
         assert self.spec is not None
         try:
-            self.bpf = bpf_class(text=self.spec.text.encode(), cflags=self.spec.cflags)
+            self.bpf = BPF(text=self.spec.text.encode(), cflags=self.spec.cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
             raise ProbeError(f"BCC could not compile or load the probes: {exc}") from exc
         try:
